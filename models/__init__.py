@@ -1,0 +1,1 @@
+"""Torch/numpy building blocks of headsplat: no file formats, no CLI, no printing."""
