@@ -1,0 +1,121 @@
+"""Motion and identity files: .npz, JSON, and ARKit-52 CSV in Apple's Live Link Face layout."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from models.errors import HeadsplatError
+from models.latent import Identity, Motion, format_timecode, timecodes_to_seconds
+from pipelines.files import atomic_output, require_file
+
+MOTION_SUFFIXES = (".npz", ".json", ".csv")
+
+
+def save_motion(motion: Motion, path: str | os.PathLike) -> Path:
+    """Write `motion` as .npz, .json or Live Link Face .csv (chosen by the suffix), atomically."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in MOTION_SUFFIXES:
+        raise HeadsplatError(f"motion files end in {', '.join(MOTION_SUFFIXES)}; got {path.name!r}")
+    with atomic_output(path) as tmp:
+        if suffix == ".npz":
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **motion.to_arrays())
+        elif suffix == ".json":
+            tmp.write_text(json.dumps(motion.to_dict()))
+        else:
+            tmp.write_text(motion_to_arkit_csv(motion), newline="")
+    return path
+
+
+def load_motion(path: str | os.PathLike, csv_fps: float | None = None) -> Motion:
+    """Read a motion from .npz, .json or ARKit CSV; `csv_fps` is the CSV timecode rate (read off the data if None)."""
+    path = require_file(path, "motion file")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                return Motion.from_arrays(arrays)
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+            raise HeadsplatError(f"cannot read motion file {path.name}: not a valid .npz ({err})") from err
+    if suffix == ".json":
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise HeadsplatError(f"cannot read motion file {path.name}: invalid JSON ({err})") from err
+        return Motion.from_dict(data)
+    if suffix == ".csv":
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as err:
+            raise HeadsplatError(f"cannot read motion file {path.name}: not a text CSV") from err
+        return motion_from_arkit_csv(text, fps=csv_fps, source=path.name)
+    raise HeadsplatError(f"motion files end in {', '.join(MOTION_SUFFIXES)}; got {path.name!r}")
+
+
+def motion_to_arkit_csv(motion: Motion, include_translation: bool = True) -> str:
+    """The CSV text: Timecode, BlendShapeCount, 52 blendshapes, head and eye angles (+ translation)."""
+    columns, table = motion.to_arkit_table(include_translation=include_translation)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["Timecode", "BlendShapeCount", *columns])
+    for i, row in enumerate(table):
+        # 61 = 52 blendshapes + 9 angles, as Live Link Face writes it.
+        writer.writerow([format_timecode(i / motion.fps, motion.fps), 61, *(f"{v:.9g}" for v in row)])
+    return out.getvalue()
+
+
+def motion_from_arkit_csv(text: str, fps: float | None = None, source: str = "CSV") -> Motion:
+    """Parse Live Link Face CSV text into a Motion at the timecode rate (resampled if rows are uneven)."""
+    rows = [r for r in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in r)]
+    if not rows:
+        raise HeadsplatError(f"{source} is empty")
+    header = [h.strip() for h in rows[0]]
+    if not header or header[0].lower() != "timecode":
+        raise HeadsplatError(f"{source} is not a Live Link Face CSV: the first column must be 'Timecode'")
+    data_rows = rows[1:]
+    if not data_rows:
+        raise HeadsplatError(f"{source} has a header but no frames")
+    skip = 2 if len(header) > 1 and header[1].lower() == "blendshapecount" else 1
+    columns = header[skip:]
+    timecodes, values = [], []
+    for line, row in enumerate(data_rows, start=2):
+        if len(row) != len(header):
+            raise HeadsplatError(f"{source} line {line}: {len(row)} fields, the header has {len(header)}")
+        timecodes.append(row[0])
+        try:
+            values.append([float(v) for v in row[skip:]])
+        except ValueError as err:
+            raise HeadsplatError(f"{source} line {line}: not a number ({err})") from err
+    times, rate = timecodes_to_seconds(timecodes, fps)
+    table = np.asarray(values, np.float64)
+    motion_fps = rate
+    uniform = np.allclose(times, np.arange(len(times)) / rate, atol=0.25 / rate)
+    if not uniform:
+        # Dropped or uneven frames: put them back on a regular grid at the timecode rate.
+        grid = np.arange(int(np.floor(times[-1] * rate + 1e-6)) + 1) / rate
+        table = np.stack([np.interp(grid, times, table[:, c]) for c in range(table.shape[1])], axis=1)
+    return Motion.from_arkit_table(columns, table, motion_fps)
+
+
+def save_identity(identity: Identity, path: str | os.PathLike) -> Path:
+    """Write an identity as JSON, atomically."""
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(identity.to_dict()))
+    return path
+
+
+def load_identity(path: str | os.PathLike) -> Identity:
+    path = require_file(path, "identity file")
+    try:
+        return Identity.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise HeadsplatError(f"cannot read identity file {path.name}: invalid JSON ({err})") from err
