@@ -74,3 +74,18 @@ def matrix_to_quaternion(matrix: Tensor) -> Tensor:  # [..., 3, 3] → [..., 4] 
     q = torch.gather(cands, -2, best[..., None].expand(*best.shape, 4)).squeeze(-2)
     q = q / q.norm(dim=-1, keepdim=True)
     return torch.where(q[..., :1] < 0, -q, q)
+
+
+def quaternion_multiply(a: Tensor, b: Tensor) -> Tensor:  # [..., 4] wxyz, [..., 4] wxyz → [..., 4]
+    """Hamilton product a ⊗ b: the rotation b followed by a."""
+    aw, ax, ay, az = a.unbind(-1)
+    bw, bx, by, bz = b.unbind(-1)
+    return torch.stack(
+        [
+            aw * bw - ax * bx - ay * by - az * bz,
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+        ],
+        dim=-1,
+    )
