@@ -293,9 +293,13 @@ class HeadGuidancePipeline:
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | list[str],
+        prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
         *,
+        prompt_embeds: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
         pag_heads: HeadSet | str | None = None,
         pag_scale: float | None = None,
         pag_strength: float = 1.0,
@@ -317,6 +321,7 @@ class HeadGuidancePipeline:
 
         guidance_scale is SD3's CFG scale and FLUX's distilled guidance embedding; true_cfg_scale is
         FLUX's real CFG (with a negative prompt). None picks the family default (paper settings).
+        Precomputed text embeddings (diffusers' names) may replace the prompts.
         """
         defaults = FAMILY_DEFAULTS[self.family]
         pag_scale = defaults["pag_scale"] if pag_scale is None else float(pag_scale)
@@ -334,7 +339,14 @@ class HeadGuidancePipeline:
         if num_inference_steps < 1:
             raise HeadsplatError(f"--steps must be at least 1, got {num_inference_steps}")
         guided = pag_scale != 0.0 and len(heads) > 0 and pag_strength > 0.0
+        embeds = dict(
+            prompt_embeds=prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+        )
         settings = dict(
+            embeds=embeds,
             heads=heads,
             pag_scale=pag_scale,
             strength=pag_strength,
@@ -383,6 +395,7 @@ class HeadGuidancePipeline:
         output_type,
         max_sequence_length,
         callback_on_step_end,
+        embeds,
         heads,
         pag_scale,
         strength,
@@ -407,8 +420,15 @@ class HeadGuidancePipeline:
             width,
             negative_prompt=negative_prompt,
             max_sequence_length=max_sequence_length,
+            **embeds,
         )
-        batch = 1 if isinstance(prompt, str) else len(prompt)
+        batch = (
+            embeds["prompt_embeds"].shape[0]
+            if prompt is None
+            else 1
+            if isinstance(prompt, str)
+            else len(prompt)
+        )
         device = pipe._execution_device
         do_cfg = guidance_scale > 1
         # Steps 1-5 below follow StableDiffusion3Pipeline.__call__ exactly, so w = 0 reproduces it.
@@ -420,6 +440,7 @@ class HeadGuidancePipeline:
             do_classifier_free_guidance=do_cfg,
             device=device,
             max_sequence_length=max_sequence_length,
+            **embeds,
         )
         latents = pipe.prepare_latents(
             batch,
@@ -500,6 +521,7 @@ class HeadGuidancePipeline:
         output_type,
         max_sequence_length,
         callback_on_step_end,
+        embeds,
         heads,
         pag_scale,
         strength,
@@ -520,17 +542,38 @@ class HeadGuidancePipeline:
             width,
             negative_prompt=negative_prompt,
             max_sequence_length=max_sequence_length,
+            **embeds,
         )
-        batch = 1 if isinstance(prompt, str) else len(prompt)
+        batch = (
+            embeds["prompt_embeds"].shape[0]
+            if prompt is None
+            else 1
+            if isinstance(prompt, str)
+            else len(prompt)
+        )
         device = pipe._execution_device
-        do_true_cfg = true_cfg_scale > 1 and negative_prompt is not None
+        has_negative = negative_prompt is not None or (
+            embeds["negative_prompt_embeds"] is not None
+            and embeds["negative_pooled_prompt_embeds"] is not None
+        )
+        do_true_cfg = true_cfg_scale > 1 and has_negative
         # Follows FluxPipeline.__call__ step by step, so w = 0 reproduces it.
         prompt_embeds, pooled, text_ids = pipe.encode_prompt(
-            prompt=prompt, prompt_2=None, device=device, max_sequence_length=max_sequence_length
+            prompt=prompt,
+            prompt_2=None,
+            prompt_embeds=embeds["prompt_embeds"],
+            pooled_prompt_embeds=embeds["pooled_prompt_embeds"],
+            device=device,
+            max_sequence_length=max_sequence_length,
         )
         if do_true_cfg:
             negative_embeds, negative_pooled, negative_text_ids = pipe.encode_prompt(
-                prompt=negative_prompt, prompt_2=None, device=device, max_sequence_length=max_sequence_length
+                prompt=negative_prompt,
+                prompt_2=None,
+                prompt_embeds=embeds["negative_prompt_embeds"],
+                pooled_prompt_embeds=embeds["negative_pooled_prompt_embeds"],
+                device=device,
+                max_sequence_length=max_sequence_length,
             )
         latents, image_ids = pipe.prepare_latents(
             batch,
