@@ -39,6 +39,8 @@ from models.attention_guidance import (
 from models.errors import HeadsplatError
 
 TINY_MODELS = ("tiny-sd3", "tiny-flux")
+TINY_TEXT_TOKENS = 16
+"""T5 tokens per prompt for the tiny models (the stock 256/512 would dwarf their 64 image tokens)."""
 
 # Paper settings (arXiv 2506.10978): w = 3 with 20 steps on SD3-medium, w = 8 with 15 steps on FLUX.1-dev.
 FAMILY_DEFAULTS = {
@@ -245,8 +247,8 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto") -> Head
                 f"could not load diffusers model {model!r} ({first_line}): pass a local diffusers folder or "
                 f"download it first (huggingface-cli download {model}); gated models need an accepted licence"
             ) from err
-        pipe.set_progress_bar_config(disable=True)
-    return HeadGuidancePipeline(pipe.to(torch_device))
+    text_tokens = TINY_TEXT_TOKENS if model in TINY_MODELS else None
+    return HeadGuidancePipeline(pipe.to(torch_device), max_sequence_length=text_tokens)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -270,7 +272,9 @@ def _step_is_guided(step: int, num_steps: int, pag_range: tuple[float, float]) -
 class HeadGuidancePipeline:
     """A stock StableDiffusion3Pipeline or FluxPipeline plus head-level perturbed-attention guidance."""
 
-    def __init__(self, pipe):
+    def __init__(self, pipe, max_sequence_length: int | None = None):
+        """Wrap a stock pipeline; max_sequence_length is the T5 token count used when a call gives none
+        (None: the stock 256 for SD3, 512 for FLUX)."""
         from diffusers import FluxPipeline, StableDiffusion3Pipeline
 
         if isinstance(pipe, StableDiffusion3Pipeline):
@@ -283,6 +287,7 @@ class HeadGuidancePipeline:
                 f"use an SD3 or FLUX model"
             )
         self.pipe = pipe
+        self.max_sequence_length = max_sequence_length
         self.layout: AttentionLayout = attention_layout(pipe.transformer)
 
     @property
@@ -409,7 +414,7 @@ class HeadGuidancePipeline:
         )
 
         pipe = self.pipe
-        max_sequence_length = max_sequence_length or 256
+        max_sequence_length = max_sequence_length or self.max_sequence_length or 256
         height = height or pipe.default_sample_size * pipe.vae_scale_factor
         width = width or pipe.default_sample_size * pipe.vae_scale_factor
         self._check_inputs(
@@ -532,7 +537,7 @@ class HeadGuidancePipeline:
         from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
 
         pipe = self.pipe
-        max_sequence_length = max_sequence_length or 512
+        max_sequence_length = max_sequence_length or self.max_sequence_length or 512
         height = height or pipe.default_sample_size * pipe.vae_scale_factor
         width = width or pipe.default_sample_size * pipe.vae_scale_factor
         self._check_inputs(
@@ -840,6 +845,7 @@ def search_heads(
         raise HeadsplatError(f"-k and --rounds must be at least 1, got k={config.k}, rounds={config.rounds}")
     if not config.prompts:
         raise HeadsplatError("the search needs at least one prompt")
+    pipeline.pipe.set_progress_bar_config(disable=True)  # the search has its own bar
     layout = pipeline.layout
     if config.pool:
         pool = [

@@ -26,19 +26,29 @@ from pipelines.guide import (
     sharpness,
 )
 
-torch.set_num_threads(2)
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster on one thread, and two threads on a busy 2-core machine stall each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 PROMPT = "a photo of a cat"
+TEXT = 16  # T5 tokens per prompt
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def sd3():
-    return HeadGuidancePipeline(build_tiny_pipeline("tiny-sd3"))
+    return HeadGuidancePipeline(build_tiny_pipeline("tiny-sd3"), max_sequence_length=TEXT)
 
 
 @pytest.fixture(scope="module")
 def flux():
-    return HeadGuidancePipeline(build_tiny_pipeline("tiny-flux"))
+    return HeadGuidancePipeline(build_tiny_pipeline("tiny-flux"), max_sequence_length=TEXT)
 
 
 def seed(n: int = 0) -> torch.Generator:
@@ -50,7 +60,7 @@ def seed(n: int = 0) -> torch.Generator:
 
 @pytest.mark.parametrize("cfg", [1.0, 5.0])
 def test_sd3_zero_scale_reproduces_the_stock_pipeline_and_nonzero_changes_it(sd3, cfg):
-    kw = dict(num_inference_steps=2, guidance_scale=cfg, output_type="latent")
+    kw = dict(num_inference_steps=2, guidance_scale=cfg, output_type="latent", max_sequence_length=TEXT)
     stock = sd3.pipe(PROMPT, generator=seed(), **kw).images
     off = sd3(PROMPT, pag_heads="1:0,2:3", pag_scale=0.0, generator=seed(), **kw).images
     assert torch.equal(off, stock)
@@ -61,7 +71,13 @@ def test_sd3_zero_scale_reproduces_the_stock_pipeline_and_nonzero_changes_it(sd3
 
 @pytest.mark.parametrize("negative", [None, "blurry"])
 def test_flux_zero_scale_reproduces_the_stock_pipeline_and_nonzero_changes_it(flux, negative):
-    kw = dict(num_inference_steps=2, output_type="latent", negative_prompt=negative, true_cfg_scale=4.0)
+    kw = dict(
+        num_inference_steps=2,
+        output_type="latent",
+        negative_prompt=negative,
+        true_cfg_scale=4.0,
+        max_sequence_length=TEXT,
+    )
     stock = flux.pipe(PROMPT, generator=seed(), **kw).images
     off = flux(PROMPT, pag_heads="0:1,3:0", pag_scale=0.0, generator=seed(), **kw).images
     assert torch.equal(off, stock)
@@ -75,7 +91,14 @@ def test_image_mode_whole_layer_matches_diffusers_layer_pag(sd3, layer, cfg):
     components = {
         k: v for k, v in sd3.pipe.components.items() if k not in ("image_encoder", "feature_extractor")
     }
-    kw = dict(num_inference_steps=2, guidance_scale=cfg, output_type="latent", height=16, width=16)
+    kw = dict(
+        num_inference_steps=2,
+        guidance_scale=cfg,
+        output_type="latent",
+        height=16,
+        width=16,
+        max_sequence_length=TEXT,
+    )
     ours = sd3(PROMPT, pag_heads=f"{layer}:*", pag_scale=3.0, pag_mode="image", generator=seed(), **kw).images
     for pag_layer in (layer, (layer + 1) % 3):
         pag = StableDiffusion3PAGPipeline(
