@@ -284,3 +284,33 @@ def test_perturbed_rows_leave_the_other_samples_of_the_batch_alone():
     torch.testing.assert_close(both[0:1], plain, atol=1e-6, rtol=0)
     torch.testing.assert_close(both[1:2], perturbed, atol=1e-6, rtol=0)
     assert not torch.allclose(plain, perturbed, atol=1e-3)
+
+
+@torch.no_grad()
+def test_flux_fused_qkv_projections_perturb_the_same_way():
+    model = tiny_flux()
+    heads = HeadSet.parse("0:1,2:0")
+    with perturbed_attention(model, heads):
+        separate = model(**flux_inputs())[0]
+    model.fuse_qkv_projections()
+    with perturbed_attention(model, heads):
+        fused = model(**flux_inputs())[0]
+    torch.testing.assert_close(fused, separate, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(fused, model(**flux_inputs())[0], atol=1e-3)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("mode", ["joint", "image"])
+@torch.no_grad()
+def test_cuda_perturbation_matches_the_cpu_result(mode):
+    for build, inputs in ((tiny_sd3, sd3_inputs), (tiny_flux, flux_inputs)):
+        model = build()
+        heads = HeadSet.parse("1:0,1:2" if build is tiny_sd3 else "0:1,3:0")
+        with perturbed_attention(model, heads, 0.7, mode):
+            cpu = model(**inputs())[0]
+        model = model.cuda()
+        on_gpu = {k: v.cuda() if torch.is_tensor(v) else v for k, v in inputs().items()}
+        with perturbed_attention(model, heads, 0.7, mode):
+            gpu = model(**on_gpu)[0].cpu()
+        torch.testing.assert_close(gpu, cpu, atol=1e-3, rtol=1e-3)
