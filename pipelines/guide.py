@@ -19,6 +19,7 @@ import os
 import string
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -240,12 +241,17 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto") -> Head
         from diffusers import DiffusionPipeline
 
         try:
-            pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=resolve_dtype(dtype, torch_device))
+            with warnings.catch_warnings():
+                # diffusers >= 0.36 renames torch_dtype to dtype; the old name works on every version.
+                warnings.simplefilter("ignore", FutureWarning)
+                pipe = DiffusionPipeline.from_pretrained(
+                    model, torch_dtype=resolve_dtype(dtype, torch_device)
+                )
         except (OSError, ValueError) as err:
-            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise HeadsplatError(
-                f"could not load diffusers model {model!r} ({first_line}): pass a local diffusers folder or "
-                f"download it first (huggingface-cli download {model}); gated models need an accepted licence"
+                f"could not load diffusers model {model!r} ({type(err).__name__}): it is neither a local "
+                f"diffusers folder nor in the Hugging Face cache; download it first "
+                f"(huggingface-cli download {model}; gated models need their licence accepted)"
             ) from err
     text_tokens = TINY_TEXT_TOKENS if model in TINY_MODELS else None
     return HeadGuidancePipeline(pipe.to(torch_device), max_sequence_length=text_tokens)
@@ -1147,9 +1153,20 @@ def run_search(args: argparse.Namespace) -> SearchState:
     return search_heads(pipeline, config, objective, state, save=lambda s: save_search(s, args.output))
 
 
+def _quiet_libraries() -> None:
+    """Keep the CLI's stderr to our own messages: library warnings (missing accelerate or torchvision,
+    hub retries) would bury the one-line error."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry: generate (default) or 'search'."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    _quiet_libraries()
     try:
         if argv[:1] == ["search"]:
             args = _search_parser().parse_args(argv[1:])
