@@ -108,7 +108,9 @@ def _gsplat_available() -> bool:
 # ----------------------------------------------------------------------------------------------- cpu
 
 
-def _render_cpu(g: Gaussians, cam: Camera, bg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _render_cpu(
+    g: Gaussians, cam: Camera, bg: Tensor, stage_seconds: dict[str, float] | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     def host(t: Tensor) -> np.ndarray:
         return t.detach().to("cpu", torch.float32).contiguous().numpy()
 
@@ -117,7 +119,7 @@ def _render_cpu(g: Gaussians, cam: Camera, bg: Tensor) -> tuple[Tensor, Tensor, 
     rgb, alpha, depth = _cpu.render(
         host(g.means), host(g.quats), host(g.scales), host(g.opacities), host(coeffs), g.colors.ndim == 3,
         m, cam.position.double().numpy(), cam.fx, cam.fy, cam.cx, cam.cy, cam.width, cam.height,
-        cam.near, cam.far, bg.numpy(),
+        cam.near, cam.far, bg.numpy(), stage_seconds,
     )  # fmt: skip
     return torch.from_numpy(rgb), torch.from_numpy(alpha), torch.from_numpy(depth)
 
@@ -173,6 +175,18 @@ def _project_reference(g: Gaussians, cam: Camera) -> _Projected:
     return _Projected(means2d, conics.float(), means_c[:, 2].float(), visible)
 
 
+def _exp_neg_torch(s: Tensor) -> Tensor:
+    """exp(-s) for float32 s in [0, 5.6]: _cpu.exp_neg's operations in the same order (bit-identical)."""
+    x = -s
+    k = torch.floor(x * float(_cpu.EXP_16_LOG2E) + 0.5)
+    r = x - k * float(_cpu.EXP_LN2_16_HI)
+    r = r - k * float(_cpu.EXP_LN2_16_LO)
+    p = float(_cpu.EXP_C3) * r + float(_cpu.EXP_C2)
+    p = p * r + 1.0
+    p = p * r + 1.0
+    return p * torch.from_numpy(_cpu.EXP_TABLE).to(s.device)[(k + _cpu.EXP_K_MAX).long()]
+
+
 def _render_reference(g: Gaussians, cam: Camera, bg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Dense and obviously correct: every visible Gaussian at every pixel, front to back by depth."""
     proj = _project_reference(g, cam)
@@ -197,7 +211,8 @@ def _render_reference(g: Gaussians, cam: Camera, bg: Tensor) -> tuple[Tensor, Te
         dx = proj.means2d[i, 0] - px
         dy = proj.means2d[i, 1] - py
         sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
-        alpha = torch.minimum(g.opacities[i] * torch.exp(-sigma), alpha_max)
+        # Beyond sigma = 5.6 alpha < exp(-5.6) < 1/255 for any opacity, so clamping there skips the same.
+        alpha = torch.minimum(g.opacities[i] * _exp_neg_torch(sigma.clamp(0.0, _cpu.EXP_S_MAX)), alpha_max)
         use = (sigma >= 0) & (alpha >= alpha_min) & ~done
         next_trans = trans * (1.0 - alpha)
         stop = use & (next_trans <= t_min)
