@@ -245,6 +245,10 @@ def _render_gsplat(g: Gaussians, cams: list[Camera], bg: Tensor) -> RenderOutput
     if len(near) > 1 or len(far) > 1:
         raise ValueError("backend='gsplat' needs one near/far pair for all cameras in a call")
     dev = g.device
+    if len(g) == 0:  # gsplat needs at least one Gaussian; an empty scene is just the background
+        h, w = cams[0].height, cams[0].width
+        zeros = torch.zeros(len(cams), h, w, device=dev)
+        return RenderOutput(bg.to(dev).expand(len(cams), h, w, 3).clone(), zeros, zeros.clone())
     viewmats = torch.stack([c.world_to_camera for c in cams]).to(dev)
     ks = torch.stack([c.K for c in cams]).to(dev)
     colors, sh_degree = g.colors, g.sh_degree
