@@ -361,3 +361,13 @@ def test_shared_float32_exp_is_accurate_and_identical_in_numba_and_torch():
     np.testing.assert_array_equal(fast, _exp_neg_torch(torch.from_numpy(s)).numpy())
     exact = np.exp(-s.astype(np.float64))
     assert np.max(np.abs(fast / exact - 1)) < 3e-7
+
+
+def test_cpu_backend_is_safe_to_call_from_several_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    g = random_scene(200, seed=14)
+    expected = rasterize(g, CAM, backend="cpu").rgb
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        outs = list(pool.map(lambda _: rasterize(g, CAM, backend="cpu").rgb, range(6)))
+    assert all(torch.equal(o, expected) for o in outs)
