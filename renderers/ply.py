@@ -107,6 +107,8 @@ def read_ply(path: str | os.PathLike) -> Gaussians:
             raise ValueError(f"{path}: element {name!r} has list properties, which a 3DGS .ply never has")
         dtype = np.dtype(props)
         if name == "vertex":
+            if offset + dtype.itemsize * count > len(blob):
+                raise ValueError(f"{path} is truncated: its header promises {count} vertices")
             table = np.frombuffer(blob, dtype=dtype, count=count, offset=offset)
             break
         offset += dtype.itemsize * count

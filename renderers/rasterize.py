@@ -13,6 +13,12 @@ All three backends follow gsplat 1.5.3's conventions (read from its source):
   (ties: lower index first) and a pixel stops before the Gaussian that would bring its transmittance to
   1e-4 or below.
 
+The CPU backend and the reference compute each 2D Gaussian in float64 and round it to float32, then
+evaluate pixels with the same float32 operations in the same order, including a shared float32
+exp(-s) (``_cpu.exp_neg``, within 3e-7 of exp); so every 1/255 and 1e-4 decision agrees and their
+images match to float32 rounding. gsplat (float32 projection, CUDA's fast exp) may flip a decision on
+a rare pixel.
+
 Why a dense reference equals the tiled backends exactly (not just within tolerance): outside the ellipse
 d^T Σ2d^-1 d = e^2 with e = sqrt(2 ln(255 o)), alpha = o exp(-e^2/2) < 1/255, so every pixel a tile
 renderer never visits would be skipped by the dense renderer anyway. The 3.33 cap never binds, because
@@ -92,6 +98,8 @@ def rasterize(
     else:
         render_one = _render_cpu if backend == "cpu" else _render_reference
         views = [render_one(gaussians, cam, bg) for cam in cams]
+        if single:
+            return RenderOutput(*(t.to(gaussians.device) for t in views[0]))
         out = RenderOutput(*(torch.stack([v[i] for v in views]).to(gaussians.device) for i in range(3)))
     return RenderOutput(*(t[0] for t in out)) if single else out
 

@@ -179,6 +179,10 @@ def test_bad_ply_files_raise_clear_value_errors(tmp_path):
     write_raw_ply(bad, props + ["f_rest_0", "f_rest_1"], [[0.0] * 10 + [1, 0, 0, 0, 0, 0]])
     with pytest.raises(ValueError, match="f_rest"):
         read_ply(bad)
+    write_ply(bad, scene(10, seed=1))
+    bad.write_bytes(bad.read_bytes()[:-40])
+    with pytest.raises(ValueError, match="truncated"):
+        read_ply(bad)
 
 
 def test_ply_reader_reads_by_property_name_and_skips_extra_ones(tmp_path):
