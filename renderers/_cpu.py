@@ -61,8 +61,9 @@ def exp_neg(s, table):  # pragma: no cover - compiled
 P_MX, P_MY, P_CA, P_CB, P_CC, P_OP, P_R, P_G, P_B, P_Z, P_SMAX = range(11)
 N_PARAMS = 12
 
-# numba's default (workqueue) threading layer must not be entered from two Python threads at once
-# (Gradio serves requests from a thread pool), so renders on the CPU backend are serialised.
+# numba's workqueue threading layer (its fallback when neither TBB nor OpenMP is installed) must not be
+# entered from two Python threads at once, and Gradio serves requests from a thread pool; the kernels
+# use all cores anyway, so CPU renders are simply serialised.
 _LOCK = threading.Lock()
 _TILE_ORDERS: dict[int, np.ndarray] = {}
 
