@@ -7,11 +7,13 @@ Run from the repository root: `python weights/build_correspondence.py` (a few se
 2. Project every MediaPipe point onto the closest point of the ICT face surface. Lips and eyelids are
    projected onto their own side only (upper vs lower, told apart by how far ICT's jawOpen and eyeBlink
    shapes move each triangle), so a closed mouth or eye does not swap them.
+   Eyelid lines are matched by arc length along ICT's Multi-PIE lid landmarks instead (see `eyelid_points`).
 3. Refine: fit ICT identity modes to the projected points, re-align, re-project on the fitted surface
    (three rounds); the final triangle + barycentric coordinates are valid on every ICT shape.
 4. Drop points that still land more than `MAX_DISTANCE_CM` away from the surface.
 
-Output arrays: `mediapipe_index` [M] int, `triangle` [M, 3] ICT vertex indices, `barycentric` [M, 3],
+Output arrays: `mediapipe_index` [M] int, `triangle` [M, 3] ICT vertex indices (a mesh triangle, or for
+eyelid points two lid landmarks and a repeat: a point on their chord), `barycentric` [M, 3],
 `distance_cm` [M] (after refinement), `scale` (cm per canonical unit, ~1).
 """
 
@@ -69,6 +71,49 @@ def contour_sets() -> dict[str, set[int]]:
         "eyelid_upper_L": chain(regions["left_eye"][8:16]),
     }
     return {k: v - corners for k, v in sets.items()}
+
+
+#: Eyelid contours from the outer to the inner corner: (MediaPipe chain, Multi-PIE 68 chain, restriction).
+EYELIDS = (
+    ((33, 246, 161, 160, 159, 158, 157, 173, 133), (36, 37, 38, 39), "eyelid_upper_R"),
+    ((33, 7, 163, 144, 145, 153, 154, 155, 133), (36, 41, 40, 39), "eyelid_lower_R"),
+    ((263, 466, 388, 387, 386, 385, 384, 398, 362), (45, 44, 43, 42), "eyelid_upper_L"),
+    ((263, 249, 390, 373, 374, 380, 381, 382, 362), (45, 46, 47, 42), "eyelid_lower_L"),
+)
+
+
+def arc_parameters(points: np.ndarray) -> np.ndarray:
+    """Normalised arc length [N] in [0, 1] along a polyline [N, 3]."""
+    steps = np.linalg.norm(np.diff(points, axis=0), axis=1)
+    length = np.concatenate([[0.0], np.cumsum(steps)])
+    return length / length[-1]
+
+
+def along_polyline(points: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Points [len(t), 3] at normalised arc lengths t along a polyline [N, 3]."""
+    s = arc_parameters(points)
+    return np.stack([np.interp(t, s, points[:, c]) for c in range(3)], axis=1)
+
+
+def eyelid_points(aligned: np.ndarray, surface: np.ndarray, landmarks68: np.ndarray) -> dict[int, tuple]:
+    """ICT point of each MediaPipe eyelid point: the same fraction of the way along the lid line.
+
+    Closest points would put MediaPipe's lid line (a thin curve over the eyeball) onto the wrong part of
+    ICT's lid (its opening then differs by a third), so lid lines are matched by arc length between the
+    eye corners, with ICT's Multi-PIE eye landmarks as the lid line. Returns, per MediaPipe index,
+    (vertex a, vertex b, weight of b, target point [3]): a point on the chord between two lid landmarks.
+    """
+    found = {}
+    for mp_chain, ict_chain, _ in EYELIDS:
+        t = arc_parameters(aligned[list(mp_chain)])
+        verts = landmarks68[list(ict_chain)]
+        s = arc_parameters(surface[verts])
+        for index, ti in zip(mp_chain[1:-1], t[1:-1]):
+            seg = int(np.clip(np.searchsorted(s, ti) - 1, 0, len(s) - 2))
+            frac = float((ti - s[seg]) / (s[seg + 1] - s[seg]))
+            point = (1 - frac) * surface[verts[seg]] + frac * surface[verts[seg + 1]]
+            found[index] = (int(verts[seg]), int(verts[seg + 1]), frac, point)
+    return found
 
 
 def umeyama(source: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
@@ -152,7 +197,7 @@ def build() -> dict[str, np.ndarray]:
     for round_ in range(4):
         aligned = canonical @ (scale * rot).T + trans
         tri_xyz = surface[triangles]
-        tri_idx = np.zeros(468, int)
+        corner_ids = np.zeros((468, 3), int)  # three ICT vertices per point (a mesh triangle, or a lid chord)
         bary = np.zeros((468, 3))
         dist = np.zeros(468)
         for name in ["", *allowed]:
@@ -160,7 +205,12 @@ def build() -> dict[str, np.ndarray]:
             mask = np.ones(len(triangles), bool) if name == "" else allowed[name]
             sub = np.nonzero(mask)[0]
             ti, bi, di = closest_on_triangles(aligned[sel], tri_xyz[sub])
-            tri_idx[sel], bary[sel], dist[sel] = sub[ti], bi, di
+            corner_ids[sel], bary[sel], dist[sel] = triangles[sub[ti]], bi, di
+        lids = eyelid_points(aligned, surface, landmarks68)
+        for index, (a, b, frac, point) in lids.items():
+            corner_ids[index], bary[index] = (a, b, b), (1 - frac, frac, 0.0)
+            dist[index] = np.linalg.norm(point - aligned[index])
+        print(f"    eyelid points: mean {np.mean([dist[i] for i in lids]):.3f} cm from the aligned MediaPipe lid")
         print(
             f"round {round_}: mean distance {dist.mean():.3f} cm, median {np.median(dist):.3f}, "
             f"over {MAX_DISTANCE_CM} cm: {(dist > MAX_DISTANCE_CM).sum()}"
@@ -169,7 +219,7 @@ def build() -> dict[str, np.ndarray]:
             break
         # Refit: identity modes so the ICT surface passes through the aligned MediaPipe points, then realign.
         good = dist < np.percentile(dist, 90)
-        verts = triangles[tri_idx[good]]  # [G, 3]
+        verts = corner_ids[good]  # [G, 3]
         w = bary[good]
         base = np.einsum("gk,gkc->gc", w, neutral[verts])
         modes = np.einsum("gk,mgkc->mgc", w, basis[:, verts])  # [K, G, 3]
@@ -182,12 +232,13 @@ def build() -> dict[str, np.ndarray]:
         fitted = np.einsum("gk,gkc->gc", w, surface[verts])
         scale, rot, trans = umeyama(canonical[good], fitted)
     keep = dist <= MAX_DISTANCE_CM
+    keep[sorted(lids)] = True  # lid points are placed by arc length, not by distance
     print(
         f"kept {keep.sum()} of 468 points; identity norm of the refinement {np.linalg.norm(coefficients):.2f}"
     )
     return {
         "mediapipe_index": np.nonzero(keep)[0].astype(np.int32),
-        "triangle": triangles[tri_idx[keep]].astype(np.int32),
+        "triangle": corner_ids[keep].astype(np.int32),
         "barycentric": bary[keep].astype(np.float32),
         "distance_cm": dist[keep].astype(np.float32),
         "scale": np.float32(scale),
