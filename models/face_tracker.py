@@ -15,7 +15,9 @@ An `Interpreter` is not thread-safe: each `FaceTracker` owns its own.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +150,24 @@ class FaceTrackerConfig:
     """Folder with the .tflite files; None uses the shipped weights/mediapipe/."""
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Silence file descriptor 2 briefly: the TFLite runtime prints an INFO line from C++ when it sets up
+    its CPU delegate, which would break the CLIs' one-line error messages."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no real stderr (some embedded interpreters): nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _load_interpreter(path: Path, num_threads: int):
     if not path.exists():
         raise HeadsplatError(
@@ -156,7 +176,8 @@ def _load_interpreter(path: Path, num_threads: int):
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
-    interpreter.allocate_tensors()
+    with _native_stderr_silenced():
+        interpreter.allocate_tensors()
     return interpreter
 
 
