@@ -135,7 +135,7 @@ class FaceTrackerConfig:
     """Settings of `FaceTracker`."""
 
     detector: str = "auto"
-    """'short' (faces within ~2 m), 'full' (small/far faces), or 'auto' (short, then full if none found)."""
+    """'short' (faces within ~2 m), 'full' (small/far faces), or 'auto' (both, overlapping boxes merged)."""
     num_threads: int = 2
     """CPU threads per interpreter."""
     min_detection_score: float | None = None
@@ -357,11 +357,16 @@ class FaceTracker:
         """All faces in an RGB uint8 image [H, W, 3], largest first (boxes and keypoints in pixels)."""
         image = check_image(image)
         kinds = ("short", "full") if self.config.detector == "auto" else (self.config.detector,)
-        faces: list[FaceDetection] = []
-        for kind in kinds:
-            faces = self._detect_with(image, kind)
-            if faces:
-                break
+        faces = [face for kind in kinds for face in self._detect_with(image, kind)]
+        if len(kinds) > 1 and len(faces) > 1:
+            # The two models find the same near faces: blend their overlapping boxes.
+            merged = _weighted_nms(
+                np.stack([f.box for f in faces]),
+                np.stack([f.keypoints for f in faces]),
+                np.array([f.score for f in faces]),
+                self.config.nms_iou,
+            )
+            faces = [FaceDetection(b.astype(np.float32), k.astype(np.float32), s) for b, k, s in merged]
         faces.sort(key=lambda f: -f.area)
         return faces
 

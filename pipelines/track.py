@@ -42,7 +42,7 @@ class TrackConfig:
     face_index: int = 0
     """Which face to follow when there are several, largest first."""
     detector: str = "auto"
-    """BlazeFace model: 'short' (faces within ~2 m), 'full' (small/far faces), 'auto' (short, then full)."""
+    """BlazeFace model: 'short' (faces within ~2 m), 'full' (small/far faces), 'auto' (both, merged)."""
     num_identity: int = 40
     """ICT identity modes to fit (≤ 50)."""
     identity_frames: int = 8
