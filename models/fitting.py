@@ -34,6 +34,20 @@ CORRESPONDENCE = Path(__file__).resolve().parents[1] / "weights" / "ict_mediapip
 #: Camera coordinates = world coordinates times this (a 180° rotation about x).
 WORLD_TO_CAMERA = (1.0, -1.0, -1.0)
 RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 33, 263
+#: Shapes that move the same points in opposite directions; both active at once is never meant.
+ANTAGONISTS = tuple(
+    (EXPRESSION_INDEX[a], EXPRESSION_INDEX[b])
+    for a, b in (
+        ("eyeBlink_L", "eyeWide_L"), ("eyeBlink_R", "eyeWide_R"), ("jawLeft", "jawRight"),
+        ("mouthLeft", "mouthRight"), ("mouthSmile_L", "mouthFrown_L"), ("mouthSmile_R", "mouthFrown_R"),
+        ("browDown_L", "browOuterUp_L"), ("browDown_R", "browOuterUp_R"), ("browDown_L", "browInnerUp_L"),
+        ("browDown_R", "browInnerUp_R"), ("mouthPucker", "mouthStretch_L"), ("mouthPucker", "mouthStretch_R"),
+        ("eyeLookIn_L", "eyeLookOut_L"), ("eyeLookIn_R", "eyeLookOut_R"), ("eyeLookUp_L", "eyeLookDown_L"),
+        ("eyeLookUp_R", "eyeLookDown_R"),
+    )
+)  # fmt: skip
+_ANT_A = np.array([a for a, _ in ANTAGONISTS])
+_ANT_B = np.array([b for _, b in ANTAGONISTS])
 _LIP_AND_EYE_CONTOURS = (
     61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 185, 40, 39, 37, 0, 267, 269, 270, 409,
     78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 191, 80, 81, 82, 13, 312, 311, 310, 415,
@@ -179,6 +193,9 @@ class FitConfig:
     """Weight of Σ expression (an L1 prior: prefers few active shapes over many small, cancelling ones)."""
     focal_prior: float = 10.0
     """Weight of (log f − log f_prior)²: focal length is weakly observable from one face."""
+    antagonist_penalty: float = 50.0
+    """Weight of (w_a · w_b)² for opposing shapes (blink/wide, left/right, smile/frown): they would
+    otherwise cancel each other and both turn on."""
     depth_weight: float = 0.3
     """Weight of MediaPipe's relative depth (z) against the 2D landmarks (0 disables it)."""
     contour_weight: float = 2.0
@@ -385,6 +402,7 @@ class FaceFitter:
         for f in frames:
             w = f.params[:NUM_EXPRESSIONS]
             cost += cfg.expression_prior * float(w @ w) + cfg.expression_sparsity * float(w.sum())
+            cost += cfg.antagonist_penalty * float(((w[_ANT_A] * w[_ANT_B]) ** 2).sum())
         return cost
 
     def _cost(self, frames, shared, size, focal_prior) -> float:
@@ -430,6 +448,16 @@ class FaceFitter:
                 idx = np.arange(i * nf, i * nf + NUM_EXPRESSIONS)
                 hess[idx, idx] += cfg.expression_prior
                 grad[idx] += cfg.expression_prior * w + 0.5 * cfg.expression_sparsity
+                # Antagonist residuals √γ·w_a·w_b (Gauss–Newton: J = √γ·(w_b, w_a)).
+                ga, gb = idx[_ANT_A], idx[_ANT_B]
+                wa, wb = w[_ANT_A], w[_ANT_B]
+                gamma = cfg.antagonist_penalty
+                np.add.at(hess, (ga, ga), gamma * wb * wb)
+                np.add.at(hess, (gb, gb), gamma * wa * wa)
+                np.add.at(hess, (ga, gb), gamma * wa * wb)
+                np.add.at(hess, (gb, ga), gamma * wa * wb)
+                np.add.at(grad, ga, gamma * wa * wb * wb)
+                np.add.at(grad, gb, gamma * wa * wa * wb)
             idk = np.arange(len(frames) * nf, len(frames) * nf + k)
             hess[idk, idk] += cfg.identity_prior
             grad[idk] += cfg.identity_prior * shared[:k]
@@ -635,9 +663,9 @@ class OneEuroFilter:
     element-wise; `min_cutoff` and `d_cutoff` are in Hz, `beta` in Hz per (unit/s) of the signal.
     """
 
-    min_cutoff: float = 1.5
-    beta: float = 0.5
-    d_cutoff: float = 2.0
+    min_cutoff: float = 1.0
+    beta: float = 5.0
+    d_cutoff: float = 4.0
     _value: np.ndarray | None = None
     _speed: np.ndarray | None = None
 
@@ -667,8 +695,8 @@ class OneEuroFilter:
 def smooth_landmarks(
     sequence: np.ndarray,  # [T, 468, 3] pixels
     fps: float,
-    min_cutoff: float = 1.5,
-    beta: float = 0.5,
+    min_cutoff: float = 1.0,
+    beta: float = 5.0,
     zero_phase: bool = True,
 ) -> np.ndarray:
     """One Euro smoothing of a landmark track in inter-ocular units (so settings fit any face size).

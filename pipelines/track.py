@@ -49,9 +49,9 @@ class TrackConfig:
     """Video frames (spread over the clip) that share one identity fit."""
     smoothing: bool = True
     """One Euro smoothing of the landmark track (zero-phase for files: no lag)."""
-    min_cutoff: float = 1.5
+    min_cutoff: float = 1.0
     """One Euro minimum cutoff (Hz): lower removes more jitter from a still face."""
-    beta: float = 0.5
+    beta: float = 5.0
     """One Euro speed coefficient: higher follows fast lip motion more closely."""
     tracking_iterations: int = 4
     """Solver iterations per video frame (warm-started from the previous frame)."""
