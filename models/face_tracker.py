@@ -299,6 +299,7 @@ class FaceTracker:
         self._mesh_points = next(d["index"] for d in details if int(np.prod(d["shape"])) == NUM_LANDMARKS * 3)
         self._mesh_score = next(d["index"] for d in details if int(np.prod(d["shape"])) == 1)
         self._track: FaceRoi | None = None
+        self._previous_track: FaceRoi | None = None
         self._last_landmarks: FaceLandmarks | None = None
         self.redetections = 0  # how many times `track` had to run the detector
 
@@ -389,13 +390,18 @@ class FaceTracker:
         """Run the mesh again on the crop derived from `landmarks` (tighter and better aligned than a detection)."""
         return self.landmarks(image, roi_from_landmarks(landmarks.points, self.config.roi_scale))
 
+    def _landmarks_from_detection(self, image: np.ndarray, detection: FaceDetection) -> FaceLandmarks:
+        marks = self.landmarks(image, roi_from_detection(detection, self.config.roi_scale))
+        # Two passes on landmark-derived crops: the mesh output leans towards its crop's roll, and the
+        # detector's crop is rougher; by the second pass the crop and the landmarks agree (a fixed point,
+        # the same crop video tracking converges to).
+        return self.refine(image, self.refine(image, marks))
+
     def faces(self, image: np.ndarray) -> list[FaceLandmarks]:
         """Landmarks of every face in a still image, largest first; warns about faces under 64 px."""
         out = []
         for detection in self.detect(image):
-            marks = self.landmarks(image, roi_from_detection(detection, self.config.roi_scale))
-            # One pass on the landmark-derived crop, which matches the crops the mesh model was trained on.
-            marks = self.refine(image, marks)
+            marks = self._landmarks_from_detection(image, detection)
             _warn_if_small(marks)
             out.append(marks)
         return out
@@ -404,6 +410,7 @@ class FaceTracker:
     def reset(self) -> None:
         """Forget the current track (the next `track` call runs the detector)."""
         self._track = None
+        self._previous_track = None
         self._last_landmarks = None
 
     def track(self, frame: np.ndarray, face_index: int = 0) -> FaceLandmarks | None:
@@ -414,9 +421,9 @@ class FaceTracker:
         """
         frame = check_image(frame)
         if self._track is not None:
-            marks = self.landmarks(frame, self._track)
+            marks = self.landmarks(frame, self._predicted_roi())
             if marks.presence >= self.config.min_presence:
-                self._track = roi_from_landmarks(marks.points, self.config.roi_scale)
+                self._set_track(roi_from_landmarks(marks.points, self.config.roi_scale))
                 self._last_landmarks = marks
                 return marks
         self.redetections += 1
@@ -434,14 +441,30 @@ class FaceTracker:
                 f"face index {face_index} asked for, but only {len(detections)} face(s) found; "
                 f"use an index below {len(detections)}"
             )
-        marks = self.refine(frame, self.landmarks(frame, roi_from_detection(chosen, self.config.roi_scale)))
+        marks = self._landmarks_from_detection(frame, chosen)
         if marks.presence < self.config.min_presence:
             self._track = None
             return None
         _warn_if_small(marks)
-        self._track = roi_from_landmarks(marks.points, self.config.roi_scale)
+        self._previous_track = None
+        self._set_track(roi_from_landmarks(marks.points, self.config.roi_scale))
         self._last_landmarks = marks
         return marks
+
+    def _set_track(self, roi: FaceRoi) -> None:
+        self._previous_track, self._track = self._track, roi
+
+    def _predicted_roi(self) -> FaceRoi:
+        """Next frame's crop: the last one moved on at constant velocity (position and roll).
+
+        The mesh model's output leans towards the crop's orientation, so a crop that lags a turning head
+        by a frame biases the landmarks; extrapolating removes most of that lag.
+        """
+        last, before = self._track, self._previous_track
+        if before is None:
+            return last
+        turn = math.remainder(last.angle - before.angle, 2 * math.pi)
+        return FaceRoi(2 * last.centre - before.centre, last.size, last.angle + turn)
 
 
 def _warn_if_small(marks: FaceLandmarks) -> None:
