@@ -151,3 +151,12 @@ def test_video_tracking_reuses_the_crop_and_redetects_after_loss(grace):
 def test_face_index_beyond_the_faces_found_is_a_user_error(grace):
     with pytest.raises(HeadsplatError, match="face index 3"):
         FaceTracker().track(grace, face_index=3)
+
+
+def test_very_large_photo_gives_full_resolution_coordinates(tracker, grace):
+    big = cv2.resize(grace, None, fx=6, fy=6, interpolation=cv2.INTER_CUBIC)  # 3072 × 3600
+    small = tracker.faces(grace)[0]
+    large = tracker.faces(big)[0]
+    error = np.linalg.norm(large.points[:, :2] / 6 - small.points[:, :2], axis=1).mean()
+    assert error < 0.02 * small.inter_ocular
+    assert large.inter_ocular == pytest.approx(6 * small.inter_ocular, rel=0.03)
