@@ -467,18 +467,61 @@ class FaceTracker:
         return FaceRoi(2 * last.centre - before.centre, last.size, last.angle + turn)
 
 
+class FaceAlignmentLandmarker:
+    """Optional 68-point backend: Bulat & Tzimiropoulos' FAN (the `face-alignment` package, BSD-3) with
+    its S3FD detector. Used only when the package is installed and its weights are already on disk (in
+    torch's hub cache): nothing is downloaded at run time. Points follow the iBUG/Multi-PIE 68 layout,
+    which `FaceFitter(scheme="ibug68")` fits directly to ICT's own landmark vertices.
+    """
+
+    WEIGHTS = ("2DFAN4*.zip", "s3fd-*.pth")
+
+    def __init__(self, device: str = "cpu"):
+        import torch
+
+        checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
+        missing = [pattern for pattern in self.WEIGHTS if not any(checkpoints.glob(pattern))]
+        if missing:
+            raise HeadsplatError(
+                f"face-alignment weights not found in {checkpoints} ({', '.join(missing)}); headsplat does not "
+                "download them: fetch them once with face-alignment itself, or use the default MediaPipe backend"
+            )
+        try:
+            import face_alignment
+        except ImportError as err:
+            raise HeadsplatError(
+                "the face-alignment backend needs the optional package: pip install face-alignment"
+            ) from err
+        kind = getattr(face_alignment.LandmarksType, "TWO_D", None) or face_alignment.LandmarksType._2D
+        self._model = face_alignment.FaceAlignment(kind, device=device, face_detector="sfd")
+
+    def faces(self, image: np.ndarray) -> list[np.ndarray]:
+        """68 landmarks [68, 2] (pixels) of every face in an RGB uint8 image, largest first."""
+        image = check_image(image)
+        found = self._model.get_landmarks_from_image(image) or []
+        found = [np.asarray(points, np.float32)[:, :2] for points in found]
+        found.sort(key=lambda p: -float(np.ptp(p[:, 0]) * np.ptp(p[:, 1])))
+        for points in found:
+            _warn_if_small_width(float(np.ptp(points[:, 0])))
+        return found
+
+
 def _warn_if_small(marks: FaceLandmarks) -> None:
-    width = float(np.ptp(marks.points[:, 0]))
+    _warn_if_small_width(float(np.ptp(marks.points[:, 0])))
+
+
+def _warn_if_small_width(width: float) -> None:
     if width < MIN_FACE_PX:
         warnings.warn(
             f"the face is only {width:.0f} px wide (under {MIN_FACE_PX} px): landmarks and fit will be "
             "unreliable; use a larger or closer photo",
-            stacklevel=3,
+            stacklevel=4,
         )
 
 
 __all__ = [
     "DETECTION_KEYPOINTS",
+    "FaceAlignmentLandmarker",
     "FaceDetection",
     "FaceLandmarks",
     "FaceRoi",

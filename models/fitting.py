@@ -54,6 +54,11 @@ _LIP_AND_EYE_CONTOURS = (
     33, 7, 163, 144, 145, 153, 154, 155, 133, 246, 161, 160, 159, 158, 157, 173,
     263, 249, 390, 373, 374, 380, 381, 382, 362, 466, 388, 387, 386, 385, 384, 398,
 )  # fmt: skip
+#: Landmark schemes: (number of points, (right, left) outer eye corners, lip/eye contour points, jaw line).
+LANDMARK_SCHEMES = {
+    "mediapipe468": (468, (RIGHT_EYE_OUTER, LEFT_EYE_OUTER), _LIP_AND_EYE_CONTOURS, ()),
+    "ibug68": (68, (36, 45), tuple(range(36, 68)), tuple(range(17))),
+}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -246,22 +251,39 @@ class FaceFitter:
     """Fits ICT identity/expression/pose/focal to MediaPipe landmarks (numpy; analytic Jacobians)."""
 
     def __init__(
-        self, config: FitConfig | None = None, head: HeadModel | None = None, correspondence=CORRESPONDENCE
+        self,
+        config: FitConfig | None = None,
+        head: HeadModel | None = None,
+        scheme: str = "mediapipe468",
+        correspondence=CORRESPONDENCE,
     ):
+        """`scheme`: 'mediapipe468' (the face mesh, via the shipped correspondence) or 'ibug68' (the 68
+        Multi-PIE/iBUG points of face-alignment and dlib, which are ICT's own landmark vertices)."""
         self.config = config or FitConfig()
         k = self.config.num_identity
         head = head or HeadModel(num_identity=max(k, 1))
         if k > head.num_identity:
             raise HeadsplatError(f"asked to fit {k} identity modes; the head model has {head.num_identity}")
-        try:
-            with np.load(correspondence) as data:
-                self.landmark_index = data["mediapipe_index"].astype(np.int64)  # [M] into the 468
-                triangle = data["triangle"].astype(np.int64)  # [M, 3] ICT vertices
-                bary = data["barycentric"].astype(np.float64)  # [M, 3]
-        except FileNotFoundError as err:
+        if scheme not in LANDMARK_SCHEMES:
             raise HeadsplatError(
-                f"correspondence file missing: {correspondence}; run python weights/build_correspondence.py"
-            ) from err
+                f"unknown landmark scheme {scheme!r}; use one of {', '.join(LANDMARK_SCHEMES)}"
+            )
+        self.scheme = scheme
+        self.num_landmarks, (self._right_eye, self._left_eye), contours, silhouette = LANDMARK_SCHEMES[scheme]
+        if scheme == "ibug68":
+            self.landmark_index = np.arange(68)
+            triangle = np.repeat(head.landmarks68.numpy().astype(np.int64)[:, None], 3, axis=1)
+            bary = np.tile([1.0, 0.0, 0.0], (68, 1))
+        else:
+            try:
+                with np.load(correspondence) as data:
+                    self.landmark_index = data["mediapipe_index"].astype(np.int64)  # [M] into the 468
+                    triangle = data["triangle"].astype(np.int64)  # [M, 3] ICT vertices
+                    bary = data["barycentric"].astype(np.float64)  # [M, 3]
+            except FileNotFoundError as err:
+                raise HeadsplatError(
+                    f"correspondence file missing: {correspondence}; run python weights/build_correspondence.py"
+                ) from err
         self.triangle, self.barycentric = triangle, bary
         self.pivot = head.pivot.numpy().astype(np.float64)
 
@@ -280,7 +302,9 @@ class FaceFitter:
         self.num_identity = k
         self.num_points = len(self.landmark_index)
         weights = np.ones(self.num_points)
-        weights[np.isin(self.landmark_index, _LIP_AND_EYE_CONTOURS)] = self.config.contour_weight
+        weights[np.isin(self.landmark_index, contours)] = self.config.contour_weight
+        # 2D jaw-line points follow the visible outline, not fixed skin points: trust them less.
+        weights[np.isin(self.landmark_index, silhouette)] = 0.5
         self.point_weight = weights
         # Per-frame parameters the solver may move (expression weights, then 3 rotation, 3 translation).
         self.frame_free = np.ones(NUM_EXPRESSIONS + 6, bool)
@@ -289,8 +313,8 @@ class FaceFitter:
                 if name.startswith("eyeLook"):
                     self.frame_free[i] = False
         self._eye_rows = (
-            int(np.nonzero(self.landmark_index == RIGHT_EYE_OUTER)[0][0]),
-            int(np.nonzero(self.landmark_index == LEFT_EYE_OUTER)[0][0]),
+            int(np.nonzero(self.landmark_index == self._right_eye)[0][0]),
+            int(np.nonzero(self.landmark_index == self._left_eye)[0][0]),
         )
 
     # --------------------------------------------------------------------------------------------
@@ -320,12 +344,15 @@ class FaceFitter:
 
     def _observe(self, landmarks: np.ndarray) -> _Frame:
         landmarks = np.asarray(landmarks, np.float64)
-        if landmarks.ndim != 2 or landmarks.shape[0] != 468 or landmarks.shape[1] not in (2, 3):
-            raise HeadsplatError(f"fitting needs MediaPipe landmarks [468, 2|3]; got {list(landmarks.shape)}")
+        n = self.num_landmarks
+        if landmarks.ndim != 2 or landmarks.shape[0] != n or landmarks.shape[1] not in (2, 3):
+            raise HeadsplatError(
+                f"this fitter ({self.scheme}) needs landmarks [{n}, 2|3]; got {list(landmarks.shape)}"
+            )
         if not np.all(np.isfinite(landmarks)):
             raise HeadsplatError("landmarks contain NaN or infinite values")
         pts = landmarks[self.landmark_index]
-        scale = float(np.linalg.norm(landmarks[RIGHT_EYE_OUTER, :2] - landmarks[LEFT_EYE_OUTER, :2]))
+        scale = float(np.linalg.norm(landmarks[self._right_eye, :2] - landmarks[self._left_eye, :2]))
         if scale < 1e-3:
             raise HeadsplatError("landmarks are degenerate (both eye corners at one point)")
         depth = pts[:, 2] if landmarks.shape[1] == 3 and self.config.depth_weight > 0 else None
@@ -693,7 +720,7 @@ class OneEuroFilter:
 
 
 def smooth_landmarks(
-    sequence: np.ndarray,  # [T, 468, 3] pixels
+    sequence: np.ndarray,  # [T, N, 2|3] pixels, N = 468 (MediaPipe) or 68 (iBUG)
     fps: float,
     min_cutoff: float = 1.0,
     beta: float = 5.0,
@@ -705,11 +732,13 @@ def smooth_landmarks(
     its lag (offline use); otherwise it is causal (streaming).
     """
     seq = np.asarray(sequence, np.float64)
-    if seq.ndim != 3 or seq.shape[1:] != (468, 3):
-        raise HeadsplatError(f"landmark sequence must be [T, 468, 3]; got {list(seq.shape)}")
+    schemes = {n: eyes for n, eyes, _, _ in LANDMARK_SCHEMES.values()}
+    if seq.ndim != 3 or seq.shape[1] not in schemes or seq.shape[2] not in (2, 3):
+        raise HeadsplatError(f"landmark sequence must be [T, 468 or 68, 2|3]; got {list(seq.shape)}")
     if len(seq) < 2:
         return seq.copy()
-    iod = np.linalg.norm(seq[:, RIGHT_EYE_OUTER, :2] - seq[:, LEFT_EYE_OUTER, :2], axis=1)
+    right, left = schemes[seq.shape[1]]
+    iod = np.linalg.norm(seq[:, right, :2] - seq[:, left, :2], axis=1)
     unit = float(np.median(iod))
     dt = 1.0 / fps
 

@@ -25,13 +25,19 @@ import cv2
 import numpy as np
 
 from models.errors import HeadsplatError
-from models.face_tracker import FaceLandmarks, FaceTracker, FaceTrackerConfig
+from models.face_tracker import FaceAlignmentLandmarker, FaceTracker, FaceTrackerConfig
 from models.fitting import FaceFit, FaceFitter, FitConfig, relative_pose, smooth_landmarks
 from models.latent import NUM_EXPRESSIONS, Identity, Motion
 from pipelines.image_io import is_image_path, load_image, save_image
 from pipelines.motion_io import MOTION_SUFFIXES, save_identity, save_motion
 from pipelines.video_io import VideoWriter, read_video
 
+#: Chains of the 68-point layout (jaw, brows, nose, eyes, lips) as edges, for overlays.
+IBUG68_EDGES = np.array(
+    [(i, i + 1) for chain in ((0, 16), (17, 21), (22, 26), (27, 30), (31, 35), (36, 41), (42, 47), (48, 59), (60, 67))
+     for i in range(chain[0], chain[1])]
+    + [(41, 36), (47, 42), (59, 48), (67, 60)]
+)  # fmt: skip
 REGIONS_FILE = Path(__file__).resolve().parents[1] / "weights" / "mediapipe" / "face_mesh_regions.json"
 
 
@@ -41,6 +47,11 @@ class TrackConfig:
 
     face_index: int = 0
     """Which face to follow when there are several, largest first."""
+    backend: str = "mediapipe"
+    """Landmarks: 'mediapipe' (shipped, 468 points, fast) or 'face-alignment' (optional 68-point FAN; its
+    package and weights must already be installed)."""
+    device: str = "cpu"
+    """Device of the face-alignment backend ('cpu' or 'cuda'); MediaPipe always runs on the CPU."""
     detector: str = "auto"
     """BlazeFace model: 'short' (faces within ~2 m), 'full' (small/far faces), 'auto' (both, merged)."""
     num_identity: int = 40
@@ -87,22 +98,32 @@ def track_image(
 ) -> TrackResult:
     """Fit one photo (RGB uint8 [H, W, 3]): identity with rest pose and camera, and a one-frame motion."""
     config = config or TrackConfig()
-    tracker = FaceTracker(FaceTrackerConfig(detector=config.detector, num_threads=config.threads))
-    faces = tracker.faces(image)
+    if _scheme(config) == "ibug68":
+        faces = FaceAlignmentLandmarker(config.device).faces(image)
+    else:
+        tracker = FaceTracker(FaceTrackerConfig(detector=config.detector, num_threads=config.threads))
+        faces = [marks.points for marks in tracker.faces(image)]
     if not faces:
         raise HeadsplatError(
             "no face found in the image; use a photo where the face is visible and upright-ish"
         )
-    marks = _pick_face(faces, config.face_index)
-    fitter = fitter or _fitter(config.num_identity, config.tracking_iterations)
-    fit = fitter.fit_image(marks.points, (image.shape[1], image.shape[0]))
+    points = _pick_face(faces, config.face_index)
+    fitter = fitter or _fitter(config.num_identity, config.tracking_iterations, _scheme(config))
+    fit = fitter.fit_image(points, (image.shape[1], image.shape[0]))
     identity = fit.to_identity()
     expression = fit.expression[None]
     motion = Motion(expression, np.zeros((1, 3)), np.zeros((1, 3)), fps=25.0)
-    return TrackResult(identity, motion, [fit], marks.points[None], np.ones(1, bool), fitter)
+    return TrackResult(identity, motion, [fit], points[None], np.ones(1, bool), fitter)
 
 
-def _pick_face(faces: list[FaceLandmarks], index: int) -> FaceLandmarks:
+def _scheme(config: TrackConfig) -> str:
+    if config.backend not in ("mediapipe", "face-alignment"):
+        raise HeadsplatError(f"backend must be 'mediapipe' or 'face-alignment'; got {config.backend!r}")
+    return "ibug68" if config.backend == "face-alignment" else "mediapipe468"
+
+
+def _pick_face(faces: list[np.ndarray], index: int) -> np.ndarray:
+    """The `index`-th face's landmarks (faces come largest first)."""
     if not 0 <= index < len(faces):
         raise HeadsplatError(
             f"--face-index {index} asked for, but {len(faces)} face(s) found; use 0 to {len(faces) - 1}"
@@ -111,8 +132,10 @@ def _pick_face(faces: list[FaceLandmarks], index: int) -> FaceLandmarks:
 
 
 @lru_cache(maxsize=2)
-def _fitter(num_identity: int, tracking_iterations: int) -> FaceFitter:
-    return FaceFitter(FitConfig(num_identity=num_identity, tracking_iterations=tracking_iterations))
+def _fitter(num_identity: int, tracking_iterations: int, scheme: str = "mediapipe468") -> FaceFitter:
+    return FaceFitter(
+        FitConfig(num_identity=num_identity, tracking_iterations=tracking_iterations), scheme=scheme
+    )
 
 
 def track_frames(
@@ -124,14 +147,31 @@ def track_frames(
 ) -> TrackResult:
     """Track a face through video frames (RGB uint8) into an identity and a Motion at `fps`."""
     config = config or TrackConfig()
-    tracker = FaceTracker(FaceTrackerConfig(detector=config.detector, num_threads=config.threads))
+    scheme = _scheme(config)
+    if scheme == "ibug68":
+        landmarker = FaceAlignmentLandmarker(config.device)
+
+        def locate(frame: np.ndarray) -> np.ndarray | None:
+            faces = landmarker.faces(frame)
+            if not faces:
+                return None
+            last = next((r for r in reversed(raw) if r is not None), None)
+            if last is None:
+                return _pick_face(faces, config.face_index)
+            return min(faces, key=lambda p: float(np.linalg.norm(p.mean(0) - last[:, :2].mean(0))))
+    else:
+        tracker = FaceTracker(FaceTrackerConfig(detector=config.detector, num_threads=config.threads))
+
+        def locate(frame: np.ndarray) -> np.ndarray | None:
+            marks = tracker.track(frame, config.face_index)
+            return None if marks is None else marks.points
+
     raw: list[np.ndarray | None] = []
     size = None
     iterator = progress(frames, total=total, desc="landmarks", unit="frame") if progress else frames
     for frame in iterator:
         size = (frame.shape[1], frame.shape[0])
-        marks = tracker.track(frame, config.face_index)
-        raw.append(None if marks is None else marks.points)
+        raw.append(locate(frame))
         if config.max_frames and len(raw) >= config.max_frames:
             break
     if not raw:
@@ -142,7 +182,7 @@ def track_frames(
     landmarks = _fill_gaps(raw, found)
     if config.smoothing and len(landmarks) > 2:
         landmarks = smooth_landmarks(landmarks, fps, config.min_cutoff, config.beta, zero_phase=True)
-    fitter = _fitter(config.num_identity, config.tracking_iterations)
+    fitter = _fitter(config.num_identity, config.tracking_iterations, scheme)
     # Identity and focal length from frames spread over the clip (only those where a face was seen).
     seen = np.nonzero(found)[0]
     keys = seen[np.linspace(0, len(seen) - 1, min(config.identity_frames, len(seen))).round().astype(int)]
@@ -168,7 +208,7 @@ def track_frames(
 
 
 def _fill_gaps(raw: list[np.ndarray | None], found: np.ndarray) -> np.ndarray:
-    """[T, 468, 3] landmarks with frames without a face linearly interpolated (held at the ends)."""
+    """[T, N, C] landmarks with frames without a face linearly interpolated (held at the ends)."""
     seen = np.nonzero(found)[0]
     stack = np.stack([raw[i] for i in seen]).astype(np.float64)
     if len(seen) == len(raw):
@@ -178,7 +218,7 @@ def _fill_gaps(raw: list[np.ndarray | None], found: np.ndarray) -> np.ndarray:
     filled = np.empty((len(raw), flat.shape[1]))
     for c in range(flat.shape[1]):
         filled[:, c] = np.interp(t, seen, flat[:, c])
-    return filled.reshape(len(raw), 468, 3)
+    return filled.reshape(len(raw), *stack.shape[1:])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -200,11 +240,13 @@ def draw_overlay(
 ) -> np.ndarray:
     """The image with the fitted head drawn on it: faint mesh wireframe (cyan) and eye/lip/brow/oval contours
     (yellow) of the fitted ICT model, and the detected contour landmarks (red dots) they should cover."""
-    fitted = np.full((468, 2), np.nan)
+    fitted = np.full((fitter.num_landmarks, 2), np.nan)
     fitted[fitter.landmark_index] = fitter.project_fit(fit)
     scale = fit.inter_ocular_px / 150.0  # thicker lines and dots on big faces
     shift = 4  # sub-pixel drawing: coordinates in 1/16 px
-    tess, contours = _mesh_edges()
+    tess, contours = (
+        _mesh_edges() if fitter.scheme == "mediapipe468" else (np.zeros((0, 2), int), IBUG68_EDGES)
+    )
 
     def lines(canvas, edges, colour, width):
         a, b = fitted[edges[:, 0]], fitted[edges[:, 1]]
@@ -252,7 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--detector",
         choices=("auto", "short", "full"),
         default="auto",
-        help="face detector model (default auto)",
+        help="MediaPipe face detector: short range (near faces), full range (small/far faces) or both (default)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("mediapipe", "face-alignment"),
+        default="mediapipe",
+        help="landmarks: the shipped MediaPipe 468-point mesh (default) or the optional 68-point face-alignment "
+        "FAN (its package and weights must already be on disk; nothing is downloaded)",
     )
     p.add_argument(
         "--num-identity", type=int, default=40, help="ICT identity modes to fit, up to 50 (default 40)"
@@ -296,8 +345,15 @@ def _check_outputs(args) -> None:
 
 def run(args) -> TrackResult:
     _check_outputs(args)
+    device = args.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     config = TrackConfig(
         face_index=args.face_index,
+        backend=args.backend,
+        device=device,
         detector=args.detector,
         num_identity=args.num_identity,
         identity_frames=max(1, args.identity_frames),

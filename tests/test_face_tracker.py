@@ -160,3 +160,21 @@ def test_very_large_photo_gives_full_resolution_coordinates(tracker, grace):
     error = np.linalg.norm(large.points[:, :2] / 6 - small.points[:, :2], axis=1).mean()
     assert error < 0.02 * small.inter_ocular
     assert large.inter_ocular == pytest.approx(6 * small.inter_ocular, rel=0.03)
+
+
+def test_face_alignment_backend_needs_weights_on_disk_and_its_package(tmp_path, monkeypatch):
+    import sys
+
+    import torch
+
+    from models.face_tracker import FaceAlignmentLandmarker
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(HeadsplatError, match="weights not found"):
+        FaceAlignmentLandmarker()
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "2DFAN4-cd938726ad.zip").write_bytes(b"x")
+    (tmp_path / "checkpoints" / "s3fd-619a316812.pth").write_bytes(b"x")
+    monkeypatch.setitem(sys.modules, "face_alignment", None)  # as if not installed
+    with pytest.raises(HeadsplatError, match="pip install face-alignment"):
+        FaceAlignmentLandmarker()

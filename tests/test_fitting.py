@@ -252,3 +252,28 @@ def test_one_euro_removes_jitter_of_a_still_point_and_keeps_up_with_fast_motion(
     best = max(lags, key=lambda k: np.dot(np.roll(smooth, k)[10:-10], swing[10:-10]))
     assert best == 0
     assert np.abs(smooth - swing)[10:-10].max() < 0.06  # within a fifth of the swing's amplitude
+
+
+def test_68_point_landmarks_are_fitted_with_ict_landmark_vertices(head):
+    fitter68 = FaceFitter(FitConfig(landmark_noise=0.004), head=head, scheme="ibug68")
+    rng, identity, expression, rotation, translation = scene(4)
+    camera = Camera(1000.0, 640, 480)
+    ident = torch.zeros(1, 50)
+    ident[0, :40] = torch.as_tensor(identity, dtype=torch.float32)
+    verts = head.vertices(
+        ident,
+        torch.as_tensor(expression, dtype=torch.float32)[None],
+        torch.as_tensor(rotation, dtype=torch.float32)[None],
+        torch.as_tensor(translation, dtype=torch.float32)[None],
+    )
+    marks = project(head.landmarks(verts)[0].double().numpy(), camera) + rng.normal(0, NOISE_PX, (68, 2))
+    fit = fitter68.fit_image(marks, (640, 480))
+    print(
+        f"\n68 points: rotation error {np.round(np.degrees(np.abs(fit.rotation - rotation)), 2)} deg, "
+        f"jawOpen error {abs(fit.expression[EXPRESSION_INDEX['jawOpen']] - expression[EXPRESSION_INDEX['jawOpen']]):.3f}"
+    )
+    # 68 points without depth pin the head less tightly than the 468-point mesh: looser bounds.
+    assert np.degrees(np.abs(fit.rotation - rotation)).max() < 2.0
+    assert abs(fit.expression[EXPRESSION_INDEX["jawOpen"]] - expression[EXPRESSION_INDEX["jawOpen"]]) < 0.1
+    with pytest.raises(HeadsplatError, match=r"\[68, 2\|3\]"):
+        fitter68.fit_image(np.zeros((468, 3)), (640, 480))
