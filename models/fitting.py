@@ -359,8 +359,11 @@ class FaceFitter:
         return _Frame(pts[:, :2].copy(), depth, scale)
 
     # --------------------------------------------------------------------------------------------
-    def _residuals(self, frame: _Frame, shared: np.ndarray, size, want_jacobian: bool):
-        """Weighted residuals [R] of one frame and, optionally, Jacobians wrt its own [R, 59] and shared [R, K+1] parameters."""
+    def _residuals(
+        self, frame: _Frame, shared: np.ndarray, size, want_jacobian: bool, want_shared: bool = True
+    ):
+        """Weighted residuals [R] of one frame and, optionally, Jacobians wrt its own [R, 59] and shared
+        [R, K+1] parameters (the shared one is None unless `want_shared`)."""
         k = self.num_identity
         w, rot_angles, trans = frame.params[:NUM_EXPRESSIONS], frame.params[53:56], frame.params[56:59]
         identity, focal = shared[:k], math.exp(shared[k])
@@ -399,11 +402,14 @@ class FaceFitter:
         j_frame[:, :, :NUM_EXPRESSIONS] = dshape @ self._expression_by_point
         j_frame[:, :, 53:56] = duv @ (q @ drot.transpose(0, 2, 1)).transpose(1, 2, 0)
         j_frame[:, :, 56:59] = duv
-        j_shared = np.empty((m, 2, k + 1))
-        if k:
-            j_shared[:, :, :k] = dshape @ self._identity_by_point
-        j_shared[:, :, k] = (uv - (cx, cy)) * sw[:, None]
-        j_frame, j_shared = j_frame.reshape(2 * m, -1), j_shared.reshape(2 * m, -1)
+        j_frame = j_frame.reshape(2 * m, -1)
+        j_shared = None
+        if want_shared:
+            j_shared = np.empty((m, 2, k + 1))
+            if k:
+                j_shared[:, :, :k] = dshape @ self._identity_by_point
+            j_shared[:, :, k] = (uv - (cx, cy)) * sw[:, None]
+            j_shared = j_shared.reshape(2 * m, -1)
         if frame.depth is not None:
             # d(camera z)/d(world) = −e_z; the px-per-cm factor is held fixed within a step.
             dz_shape = -rot[2] * px_per_cm * depth_w  # [3] per unposed point
@@ -411,14 +417,14 @@ class FaceFitter:
             jz_frame[:, :NUM_EXPRESSIONS] = dz_shape @ self._expression_by_point
             jz_frame[:, 53:56] = -(q @ drot.transpose(0, 2, 1))[:, :, 2].T * px_per_cm * depth_w
             jz_frame[:, 56:59] = np.array([0.0, 0.0, -px_per_cm * depth_w])
-            jz_shared = np.zeros((m, k + 1))
-            if k:
-                jz_shared[:, :k] = dz_shape @ self._identity_by_point
-            jz_shared[:, k] = 0.0  # px_per_cm is a constant of the solve
             jz_frame -= jz_frame.mean(0)
-            jz_shared -= jz_shared.mean(0)
             j_frame = np.concatenate([j_frame, jz_frame])
-            j_shared = np.concatenate([j_shared, jz_shared])
+            if want_shared:
+                jz_shared = np.zeros((m, k + 1))  # the focal column stays 0: px_per_cm is fixed in a step
+                if k:
+                    jz_shared[:, :k] = dz_shape @ self._identity_by_point
+                jz_shared -= jz_shared.mean(0)
+                j_shared = np.concatenate([j_shared, jz_shared])
         return residual, uv, j_frame, j_shared
 
     def _prior_cost(self, frames: list[_Frame], shared: np.ndarray, focal_prior: float) -> float:
@@ -451,6 +457,7 @@ class FaceFitter:
         k = self.num_identity
         nf, ns = NUM_EXPRESSIONS + 6, k + 1
         n_total = len(frames) * nf + ns
+        shared_moves = bool(free_shared.any())  # tracking holds identity and focal: skip their Jacobian
         damping = 1e-3
         for _ in range(iterations):
             # The depth term's pixels-per-cm follows the current focal length and distance; it is held
@@ -458,19 +465,21 @@ class FaceFitter:
             for f in frames:
                 depth = (self.points_from_params(f.params, shared) * WORLD_TO_CAMERA)[:, 2].mean()
                 f.px_per_cm = math.exp(shared[k]) / max(float(depth), 1e-3)
-            cost = self._cost(frames, shared, size, focal_prior)
             hess = np.zeros((n_total, n_total))
             grad = np.zeros(n_total)
             sh = slice(len(frames) * nf, n_total)
+            cost = self._prior_cost(frames, shared, focal_prior)
             for i, f in enumerate(frames):
-                r, _, jf, js = self._residuals(f, shared, size, True)
+                r, _, jf, js = self._residuals(f, shared, size, True, want_shared=shared_moves)
+                cost += float(r @ r)
                 fs = slice(i * nf, (i + 1) * nf)
                 hess[fs, fs] = jf.T @ jf
-                hess[fs, sh] = jf.T @ js
-                hess[sh, fs] = hess[fs, sh].T
-                hess[sh, sh] += js.T @ js
                 grad[fs] = jf.T @ r
-                grad[sh] += js.T @ r
+                if shared_moves:
+                    hess[fs, sh] = jf.T @ js
+                    hess[sh, fs] = hess[fs, sh].T
+                    hess[sh, sh] += js.T @ js
+                    grad[sh] += js.T @ r
                 w = f.params[:NUM_EXPRESSIONS]
                 idx = np.arange(i * nf, i * nf + NUM_EXPRESSIONS)
                 hess[idx, idx] += cfg.expression_prior
