@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import sys
@@ -395,6 +396,8 @@ def run(args) -> TrackResult:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # imageio-ffmpeg logs a warning for every rotated phone video, which read_video already handles.
+    logging.getLogger("imageio_ffmpeg").setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

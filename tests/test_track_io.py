@@ -148,3 +148,27 @@ def test_unreadable_video_is_a_clear_error(tmp_path):
     (tmp_path / "bad.mp4").write_bytes(b"\x00" * 1000)
     with pytest.raises(HeadsplatError, match="cannot read video"):
         read_video(tmp_path / "bad.mp4")
+
+
+def test_rotated_phone_video_is_delivered_upright(tmp_path):
+    import subprocess
+
+    import imageio_ffmpeg
+
+    frames = [np.zeros((40, 60, 3), np.uint8) for _ in range(3)]
+    for frame in frames:
+        frame[:, :10] = 255  # a white band on the left edge
+    with VideoWriter(tmp_path / "v.mp4", 10.0) as out:
+        for frame in frames:
+            out.write(frame)
+    rotated = tmp_path / "r.mp4"
+    subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-display_rotation", "90",
+         "-i", str(tmp_path / "v.mp4"), "-c", "copy", str(rotated)],
+        check=True,
+    )  # fmt: skip
+    video = read_video(rotated)
+    decoded = list(video)
+    assert video.size == (40, 60) and decoded[0].shape == (60, 40, 3)
+    # 90° counter-clockwise display rotation moves the left band to the bottom.
+    assert decoded[0][-8:].mean() > 200 and decoded[0][:8].mean() < 50
