@@ -103,7 +103,7 @@ def track_image(
         faces = FaceAlignmentLandmarker(config.device).faces(image)
     else:
         tracker = FaceTracker(FaceTrackerConfig(detector=config.detector, num_threads=config.threads))
-        faces = [marks.points for marks in tracker.faces(image)]
+        faces = [marks.with_iris() for marks in tracker.faces(image)]
     if not faces:
         raise HeadsplatError(
             "no face found in the image; use a photo where the face is visible and upright-ish"
@@ -165,7 +165,7 @@ def track_frames(
 
         def locate(frame: np.ndarray) -> np.ndarray | None:
             marks = tracker.track(frame, config.face_index)
-            return None if marks is None else marks.points
+            return None if marks is None else marks.with_iris()
 
     raw: list[np.ndarray | None] = []
     size = None
