@@ -7,6 +7,8 @@ y down). Decoding files is `pipelines.image_io`'s job. The models are Google's M
 - `FaceTracker.detect(image)`: all faces, largest first (anchor decoding + weighted NMS as MediaPipe does).
 - `FaceTracker.landmarks(image, roi)`: 468 points (x, y in pixels, z relative depth in pixels) for a
   rotated square region of interest (`FaceRoi`), with a face-presence score.
+- `FaceTracker.iris(image, landmarks)`: the two iris centres (MediaPipe iris model) for gaze; on by default,
+  stored in `FaceLandmarks.iris`, and `FaceLandmarks.with_iris()` gives the [470, 3] array the fitter takes.
 - `FaceTracker.track(frame)`: video mode; the next crop comes from the previous landmarks and the detector
   only runs when the track is lost (presence below threshold) or on the first frame.
 

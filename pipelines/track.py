@@ -240,7 +240,8 @@ def draw_overlay(
     image: np.ndarray, fit: FaceFit, fitter: FaceFitter, landmarks: np.ndarray | None = None
 ) -> np.ndarray:
     """The image with the fitted head drawn on it: faint mesh wireframe (cyan) and eye/lip/brow/oval contours
-    (yellow) of the fitted ICT model, and the detected contour landmarks (red dots) they should cover."""
+    (yellow) of the fitted ICT model, and the detected contour landmarks (red dots) they should cover; iris
+    centres in green."""
     fitted = np.full((fitter.num_landmarks, 2), np.nan)
     fitted[fitter.landmark_index] = fitter.project_fit(fit)
     scale = fit.inter_ocular_px / 150.0  # thicker lines and dots on big faces
@@ -264,6 +265,9 @@ def draw_overlay(
         radius = round(max(0.7, 1.5 * scale) * (1 << shift))
         for x, y in (points * (1 << shift)).round().astype(int):
             cv2.circle(out, (int(x), int(y)), radius, (255, 40, 40), -1, cv2.LINE_AA, shift)
+        if len(landmarks) == 470:  # iris centres (gaze) in green
+            for x, y in (np.asarray(landmarks)[468:, :2] * (1 << shift)).round().astype(int):
+                cv2.circle(out, (int(x), int(y)), radius * 2, (40, 255, 40), -1, cv2.LINE_AA, shift)
     return out
 
 
