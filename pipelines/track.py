@@ -69,6 +69,8 @@ class TrackConfig:
     """Solver iterations per video frame (warm-started from the previous frame)."""
     threads: int = 2
     """CPU threads for the landmark models."""
+    iris: bool = True
+    """Locate the irises and fit gaze (eyeLook* shapes); MediaPipe backend only."""
     max_frames: int = 0
     """Stop after this many video frames (0: the whole video)."""
 
@@ -102,7 +104,9 @@ def track_image(
     if _scheme(config) == "ibug68":
         faces = FaceAlignmentLandmarker(config.device).faces(image)
     else:
-        tracker = FaceTracker(FaceTrackerConfig(detector=config.detector, num_threads=config.threads))
+        tracker = FaceTracker(
+            FaceTrackerConfig(detector=config.detector, num_threads=config.threads, iris=config.iris)
+        )
         faces = [marks.with_iris() for marks in tracker.faces(image)]
     if not faces:
         raise HeadsplatError(
@@ -161,7 +165,9 @@ def track_frames(
                 return _pick_face(faces, config.face_index)
             return min(faces, key=lambda p: float(np.linalg.norm(p.mean(0) - last[:, :2].mean(0))))
     else:
-        tracker = FaceTracker(FaceTrackerConfig(detector=config.detector, num_threads=config.threads))
+        tracker = FaceTracker(
+            FaceTrackerConfig(detector=config.detector, num_threads=config.threads, iris=config.iris)
+        )
 
         def locate(frame: np.ndarray) -> np.ndarray | None:
             marks = tracker.track(frame, config.face_index)
@@ -323,8 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--device",
         choices=("auto", "cpu", "cuda"),
         default="auto",
-        help="accepted for symmetry with the other CLIs; tracking runs on the CPU (TFLite + numpy)",
+        help="device of the face-alignment backend (auto: cuda if available); MediaPipe and the fit always run "
+        "on the CPU (TFLite + numpy)",
     )
+    p.add_argument("--no-iris", action="store_true", help="skip the iris model: no gaze (eyeLook* stay 0)")
     p.add_argument("--seed", type=int, default=0, help="accepted for symmetry; tracking is deterministic")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -364,6 +372,7 @@ def run(args) -> TrackResult:
         identity_frames=max(1, args.identity_frames),
         smoothing=not args.no_smoothing,
         threads=max(1, args.threads),
+        iris=not args.no_iris,
         max_frames=max(0, args.max_frames),
     )
     progress = None
