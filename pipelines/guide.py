@@ -1126,6 +1126,13 @@ def _read_prompts(path: str) -> list[str]:
     return prompts
 
 
+def _is_complete_search(path: str) -> bool:
+    try:
+        return bool(json.loads(Path(path).read_text()).get("complete", True))
+    except (OSError, ValueError, AttributeError):
+        return True  # not a search state: nothing to lose by overwriting it
+
+
 def run_search(args: argparse.Namespace) -> SearchState:
     """The 'search' subcommand."""
     config = SearchConfig(
@@ -1147,8 +1154,15 @@ def run_search(args: argparse.Namespace) -> SearchState:
     if args.resume and Path(args.output).exists():
         state = load_search(args.output, args.model, config)
     else:
+        if Path(args.output).exists() and not _is_complete_search(args.output):
+            raise HeadsplatError(
+                f"{args.output} holds an unfinished search: pass --resume to continue it, "
+                f"or choose another -o"
+            )
         state = SearchState(model=args.model, config=asdict(config))
-    objective = make_objective(config.objective, device="cpu")
+    if args.batch_size < 1:
+        raise HeadsplatError(f"--batch-size must be at least 1, got {args.batch_size}")
+    objective = make_objective(config.objective, device=str(resolve_device(args.device)))
     pipeline = load_pipeline(args.model, args.device, args.dtype)
     return search_heads(pipeline, config, objective, state, save=lambda s: save_search(s, args.output))
 

@@ -310,6 +310,11 @@ def test_cli_generates_searches_and_reuses_the_search_output(tmp_path, capsys):
     assert guide.main(search + ["--objective", "colorfulness", "-o", str(heads)]) == 0
     result = json.loads(heads.read_text())
     assert result["complete"] and len(result["heads"]) == 1 and result["heads"][0][0] == 3
+    heads.write_text(json.dumps({**result, "complete": False}))  # an interrupted search is never overwritten
+    assert guide.main(search + ["--objective", "colorfulness", "-o", str(heads)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert guide.main(search + ["--objective", "colorfulness", "-o", str(heads), "--resume"]) == 0
+    assert json.loads(heads.read_text()) == result
     assert set(result["rounds"][0]["scores"]) == {"3:0", "3:1"}
     flux_image = tmp_path / "flux.png"
     flux_args = ["--prompt", PROMPT, "--model", "tiny-flux", "--steps", "1", "--heads", str(heads)]
