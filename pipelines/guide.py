@@ -9,6 +9,13 @@ Method: arXiv 2506.10978. The stock diffusers pipeline (StableDiffusion3Pipeline
 encodes prompts, prepares latents and timesteps and decodes; the denoising loop here calls its
 transformer once per step on [uncond, cond, perturbed] (or [cond, perturbed]) and combines
 e = e_u + s (e_c - e_u) + w (e_c - e_perturbed).
+
+Objectives for the search are callables (PIL image, prompt) -> float, higher is better: built in are
+colorfulness, sharpness, target:IMAGE (closeness to a reference image) and clip:MODEL[,PROCESSOR], a
+CLIP-family scorer loaded with transformers from a local folder or the Hugging Face cache, e.g.
+clip:openai/clip-vit-large-patch14 (CLIPScore x 100) or
+clip:yuvalkirstain/PickScore_v1,laion/CLIP-ViT-H-14-laion2B-s32B-b79K (PickScore). From Python any
+callable works: search_heads(pipeline, config, objective=my_scorer, state=...).
 """
 
 from __future__ import annotations
