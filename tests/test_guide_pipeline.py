@@ -280,6 +280,8 @@ def test_clip_scorer_loads_local_weights_and_scores_with_logit_scale(tmp_path):
     expected = float(out.logits_per_image[0, 0])  # CLIP's own logit_scale.exp() * cosine
     assert score == pytest.approx(expected, rel=1e-5)
     assert scorer(blue, "a red square") != pytest.approx(score, rel=1e-4)
+    with_processor = guide.make_objective(f"clip:{tmp_path},{tmp_path}")  # PickScore-style MODEL,PROCESSOR
+    assert with_processor(red, "a red square") == pytest.approx(score, rel=1e-6)
     with pytest.raises(HeadsplatError, match="could not load CLIP scorer"):
         guide.make_objective(f"clip:{tmp_path / 'missing'}")
 
