@@ -239,8 +239,13 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return table[dtype]
 
 
-def load_pipeline(model: str, device: str = "auto", dtype: str = "auto") -> HeadGuidancePipeline:
-    """A tiny model name, a Hugging Face id (from the local HF cache) or a local diffusers folder."""
+def load_pipeline(
+    model: str, device: str = "auto", dtype: str = "auto", drop_t5: bool = False
+) -> HeadGuidancePipeline:
+    """A tiny model name, a Hugging Face id (from the local HF cache) or a local diffusers folder.
+
+    drop_t5 leaves out SD3's T5-XXL text encoder (4.7B parameters; SD3 then sees zeros in its place).
+    """
     torch_device = resolve_device(device)
     if model in TINY_MODELS:
         pipe = build_tiny_pipeline(model)
@@ -248,18 +253,26 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto") -> Head
         from diffusers import DiffusionPipeline
 
         try:
+            index = DiffusionPipeline.load_config(model)
+            # Components saved as absent ([null, null], e.g. SD3 without T5) must be passed as None.
+            absent = {name: None for name, entry in index.items() if entry == [None, None]}
+            if drop_t5 and "text_encoder_3" in index:
+                absent.update(text_encoder_3=None, tokenizer_3=None)
             with warnings.catch_warnings():
                 # diffusers >= 0.36 renames torch_dtype to dtype; the old name works on every version.
                 warnings.simplefilter("ignore", FutureWarning)
                 pipe = DiffusionPipeline.from_pretrained(
-                    model, torch_dtype=resolve_dtype(dtype, torch_device)
+                    model, torch_dtype=resolve_dtype(dtype, torch_device), **absent
                 )
-        except (OSError, ValueError) as err:
+        except OSError as err:
             raise HeadsplatError(
-                f"could not load diffusers model {model!r} ({type(err).__name__}): it is neither a local "
-                f"diffusers folder nor in the Hugging Face cache; download it first "
-                f"(huggingface-cli download {model}; gated models need their licence accepted)"
+                f"could not load diffusers model {model!r}: it is neither a local diffusers folder nor in "
+                f"the Hugging Face cache; download it first (huggingface-cli download {model}; gated "
+                f"models need their licence accepted)"
             ) from err
+        except ValueError as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else "ValueError"
+            raise HeadsplatError(f"could not load diffusers model {model!r}: {reason}") from err
     text_tokens = TINY_TEXT_TOKENS if model in TINY_MODELS else None
     return HeadGuidancePipeline(pipe.to(torch_device), max_sequence_length=text_tokens)
 
@@ -1018,6 +1031,8 @@ class GuideConfig:
     """auto, cpu or cuda."""
     dtype: str = "auto"
     """auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16."""
+    drop_t5: bool = False
+    """SD3: load without the T5-XXL text encoder (4.7B parameters)."""
     output: str = "guide.png"
     """Output image path."""
 
@@ -1025,7 +1040,7 @@ class GuideConfig:
 def generate(config: GuideConfig, pipeline: HeadGuidancePipeline | None = None) -> Image.Image:
     """Sample one image for a GuideConfig (loading the model unless a pipeline is given)."""
     heads = load_heads(config.heads) if config.heads else HeadSet()  # a bad spec fails before loading
-    pipeline = pipeline or load_pipeline(config.model, config.device, config.dtype)
+    pipeline = pipeline or load_pipeline(config.model, config.device, config.dtype, config.drop_t5)
     image = pipeline(
         config.prompt,
         negative_prompt=config.negative_prompt,
@@ -1076,6 +1091,9 @@ def _common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, default=None, help="image width in pixels")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    parser.add_argument(
+        "--no-t5", action="store_true", help="SD3: leave out the T5-XXL text encoder (saves memory)"
+    )
 
 
 def _generate_parser() -> argparse.ArgumentParser:
@@ -1170,18 +1188,21 @@ def run_search(args: argparse.Namespace) -> SearchState:
     if args.batch_size < 1:
         raise HeadsplatError(f"--batch-size must be at least 1, got {args.batch_size}")
     objective = make_objective(config.objective, device=str(resolve_device(args.device)))
-    pipeline = load_pipeline(args.model, args.device, args.dtype)
+    pipeline = load_pipeline(args.model, args.device, args.dtype, args.no_t5)
     return search_heads(pipeline, config, objective, state, save=lambda s: save_search(s, args.output))
 
 
 def _quiet_libraries() -> None:
     """Keep the CLI's stderr to our own messages: library warnings (missing accelerate or torchvision,
-    hub retries) would bury the one-line error."""
+    hub retries) and weight-loading bars would bury the one-line error."""
     import diffusers
     import transformers
 
     diffusers.utils.logging.set_verbosity_error()
     transformers.utils.logging.set_verbosity_error()
+    # Loading bars only; the sampling and search bars are the pipeline's and ours.
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1212,6 +1233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 guidance_range=args.guidance_range,
                 device=args.device,
                 dtype=args.dtype,
+                drop_t5=args.no_t5,
                 output=args.output,
             )
             save_image(generate(config), config.output)

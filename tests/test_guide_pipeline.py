@@ -341,6 +341,33 @@ def test_cli_bad_heads_exit_nonzero_with_one_line(tmp_path, capsys, heads, messa
     assert not (tmp_path / "x.png").exists()
 
 
+def test_cli_loads_local_diffusers_folders_and_rejects_non_dit_pipelines(tmp_path, capsys):
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    build_tiny_pipeline("tiny-sd3").save_pretrained(tmp_path / "sd3")  # saved without T5
+    out = tmp_path / "sd3.png"
+    args = ["--prompt", PROMPT, "--model", str(tmp_path / "sd3"), "--steps", "1", "--heads", "1:*"]
+    assert guide.main(args + ["--height", "16", "--width", "16", "--no-t5", "-o", str(out)]) == 0
+    assert Image.open(out).size == (16, 16)
+
+    unet = UNet2DModel(
+        sample_size=8,
+        block_out_channels=(4, 8),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    )
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
+    capsys.readouterr()
+    assert guide.main(["--prompt", PROMPT, "--model", str(tmp_path / "ddpm"), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err == "error: head guidance needs a StableDiffusion3Pipeline or FluxPipeline, got DDPMPipeline: "
+        "use an SD3 or FLUX model"
+    )
+
+
 def test_cli_module_entry_point_reports_errors_in_one_line():
     proc = subprocess.run(
         [
