@@ -817,7 +817,9 @@ class SearchState:
     """A search in progress or done; exactly what the output JSON holds."""
 
     model: str
+    """The model searched (HF id, folder or tiny name)."""
     config: dict
+    """The SearchConfig as a dict; a resume must match it exactly."""
     heads: list[list[int]] = field(default_factory=list)
     """Selected heads [[layer, head], ...] in the order chosen (loadable with --heads)."""
     scores: list[float] = field(default_factory=list)
@@ -825,6 +827,7 @@ class SearchState:
     rounds: list[dict] = field(default_factory=list)
     """Per round: {'scores': {'L:H': mean objective}, 'selected': [[l, h], ...]}."""
     complete: bool = False
+    """True once every round has chosen its heads."""
 
 
 def _pairs(config: SearchConfig) -> list[tuple[str, int]]:
@@ -1074,6 +1077,13 @@ def _seeds(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (the usage block is one --help away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def _common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default=GuideConfig.model, help=f"HF id, local folder or {'/'.join(TINY_MODELS)}"
@@ -1097,7 +1107,7 @@ def _common_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _generate_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m pipelines.guide",
         description="Sample an SD3/FLUX image with head-level perturbed-attention guidance "
         "(arXiv 2506.10978). Run 'python -m pipelines.guide search --help' for the HeadHunter head search.",
@@ -1118,7 +1128,7 @@ def _generate_parser() -> argparse.ArgumentParser:
 
 
 def _search_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m pipelines.guide search",
         description="HeadHunter: greedy search for the attention heads whose perturbation best raises an "
         "objective; writes the chosen heads and their scores as JSON (usable with --heads).",

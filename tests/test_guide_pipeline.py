@@ -368,6 +368,13 @@ def test_cli_loads_local_diffusers_folders_and_rejects_non_dit_pipelines(tmp_pat
     )
 
 
+def test_cli_flag_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        guide.main(["--prompt", PROMPT, "--guidance-range", "half"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "START,END" in err
+
+
 def test_cli_module_entry_point_reports_errors_in_one_line():
     proc = subprocess.run(
         [
