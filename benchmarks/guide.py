@@ -4,8 +4,9 @@
     PYTHONPATH=. python benchmarks/guide.py --full-size     # GPU: a random SD3-medium-shaped transformer
 
 All methods run on the same random transformer, the same precomputed text embeddings and the same
-latents; steps are timed with the pipelines' step-end callbacks over --repeats interleaved rounds
-(ms_per_step: the fastest step, robust on a shared machine; also the median). No weights are downloaded.
+latents; steps are timed with the pipelines' step-end callbacks over --repeats interleaved rounds.
+ms_per_step is the fastest wall-clock step; on CPU the ratios use the median process CPU time per step
+(one thread by default), which other jobs on a shared machine do not inflate. No weights are downloaded.
 """
 
 from __future__ import annotations
@@ -55,18 +56,18 @@ SD3_MEDIUM = dict(  # stabilityai/stable-diffusion-3-medium-diffusers transforme
 )
 
 
-def step_times(run) -> list[float]:
-    """Seconds between consecutive step-end callbacks of one sampling run."""
-    stamps: list[float] = []
+def step_times(run) -> list[tuple[float, float]]:
+    """(wall, process CPU) seconds between consecutive step-end callbacks of one sampling run."""
+    stamps: list[tuple[float, float]] = []
 
     def on_step_end(pipe, i, t, tensors):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        stamps.append(time.perf_counter())
+        stamps.append((time.perf_counter(), time.process_time()))
         return tensors
 
     run(on_step_end)
-    return [b - a for a, b in zip(stamps, stamps[1:])]
+    return [(b[0] - a[0], b[1] - a[1]) for a, b in zip(stamps, stamps[1:])]
 
 
 def main() -> None:
@@ -80,7 +81,7 @@ def main() -> None:
         "--layer", type=int, default=None, help="layer for layer PAG (default: the middle one)"
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: CPU time measures work)")
     args = parser.parse_args()
 
     device = (
@@ -162,15 +163,15 @@ def main() -> None:
     with torch.no_grad():
         for run in methods.values():  # warm-up (allocator, kernels)
             run(None)
-        intervals: dict[str, list[float]] = {name: [] for name in methods}
+        intervals: dict[str, list[tuple[float, float]]] = {name: [] for name in methods}
         for _ in range(args.repeats):
             for name, run in methods.items():
                 intervals[name] += step_times(run)
     # The fastest step of each method: on a shared machine other jobs only ever add time.
-    best = {name: min(times) for name, times in intervals.items()}
-    median = {name: statistics.median(times) for name, times in intervals.items()}
+    wall = {name: min(w for w, _ in times) for name, times in intervals.items()}
+    cpu = {name: statistics.median(c for _, c in times) for name, times in intervals.items()}
+    cost = cpu if device.type == "cpu" else wall
 
-    ms = {name: round(1000 * seconds, 2) for name, seconds in best.items()}
     result = {
         "benchmark": "guide",
         "model": "sd3-medium-shaped random" if args.full_size else "sd3-small random",
@@ -184,11 +185,12 @@ def main() -> None:
         "steps": steps,
         "pag_layer": layer,
         "sparse_heads": str(sparse),
-        "ms_per_step": ms,
-        "ms_per_step_median": {name: round(1000 * seconds, 2) for name, seconds in median.items()},
-        "head_vs_layer_pag": round(best["head_pag_layer_image"] / best["layer_pag"] - 1, 4),
-        "sparse_vs_layer_pag": round(best["head_pag_sparse_joint_soft"] / best["layer_pag"] - 1, 4),
-        "pag_vs_cfg": round(best["layer_pag"] / best["cfg"] - 1, 4),
+        "ms_per_step": {name: round(1000 * seconds, 2) for name, seconds in wall.items()},
+        "cpu_ms_per_step": {name: round(1000 * seconds, 2) for name, seconds in cpu.items()},
+        "ratios_from": "cpu time" if device.type == "cpu" else "wall time",
+        "head_vs_layer_pag": round(cost["head_pag_layer_image"] / cost["layer_pag"] - 1, 4),
+        "sparse_vs_layer_pag": round(cost["head_pag_sparse_joint_soft"] / cost["layer_pag"] - 1, 4),
+        "pag_vs_cfg": round(cost["layer_pag"] / cost["cfg"] - 1, 4),
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
     }

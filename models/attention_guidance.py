@@ -250,6 +250,17 @@ def image_diagonal_attention(
     return mixed.to(value.dtype)
 
 
+def head_runs(heads: Sequence[int]) -> list[slice]:
+    """Sorted heads as runs of consecutive indices: (0, 1, 2, 7) -> [0:3, 7:8]."""
+    runs: list[slice] = []
+    for head in sorted(set(heads)):
+        if runs and runs[-1].stop == head:
+            runs[-1] = slice(runs[-1].start, head + 1)
+        else:
+            runs.append(slice(head, head + 1))
+    return runs
+
+
 def perturb_heads_(
     output: Tensor,  # [B, H, S, D] attention output, modified in place
     query: Tensor,  # [B, H, S, D] after q-norm and rotary embedding
@@ -262,23 +273,18 @@ def perturb_heads_(
     rows: slice = slice(None),
 ) -> Tensor:  # [B, H, S, D]
     """SoftPAG on chosen heads and batch rows: O' = (1 - u) O + u O_identity, in place."""
-    if strength == 0.0 or not heads:
-        return output
-    index = torch.as_tensor(list(heads), device=output.device)
-    rows_out = output[rows]  # a view: writing into it writes the real output
-    current = rows_out.index_select(1, index)
-    v = value[rows].index_select(1, index)
-    if mode == "joint":
-        target = v
-    elif mode == "image":
-        target = current.clone()
-        target[:, :, image] = image_diagonal_attention(
-            query[rows].index_select(1, index), key[rows].index_select(1, index), v, image
-        )
-    else:
+    if mode not in MODES:
         raise HeadsplatError(f"unknown perturbation mode {mode!r}: use one of {', '.join(MODES)}")
-    # lerp returns its end point exactly at weight 1 (the plain identity, O = V).
-    rows_out[:, index] = torch.lerp(current, target, float(strength))
+    if strength == 0.0:
+        return output
+    # Runs of heads are plain slices (views): no index tensors, so nothing is copied from the host
+    # and the GPU queue never stalls. lerp returns its end point exactly at weight 1 (O = V).
+    for run in head_runs(heads):
+        if mode == "joint":
+            output[rows, run].lerp_(value[rows, run], float(strength))
+        else:
+            target = image_diagonal_attention(query[rows, run], key[rows, run], value[rows, run], image)
+            output[rows, run, image].lerp_(target, float(strength))
     return output
 
 

@@ -9,6 +9,13 @@ Method: arXiv 2506.10978. The stock diffusers pipeline (StableDiffusion3Pipeline
 encodes prompts, prepares latents and timesteps and decodes; the denoising loop here calls its
 transformer once per step on [uncond, cond, perturbed] (or [cond, perturbed]) and combines
 e = e_u + s (e_c - e_u) + w (e_c - e_perturbed).
+
+Objectives for the search are callables (PIL image, prompt) -> float, higher is better: built in are
+colorfulness, sharpness, target:IMAGE (closeness to a reference image) and clip:MODEL[,PROCESSOR], a
+CLIP-family scorer loaded with transformers from a local folder or the Hugging Face cache, e.g.
+clip:openai/clip-vit-large-patch14 (CLIPScore x 100) or
+clip:yuvalkirstain/PickScore_v1,laion/CLIP-ViT-H-14-laion2B-s32B-b79K (PickScore). From Python any
+callable works: search_heads(pipeline, config, objective=my_scorer, state=...).
 """
 
 from __future__ import annotations
@@ -232,8 +239,13 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return table[dtype]
 
 
-def load_pipeline(model: str, device: str = "auto", dtype: str = "auto") -> HeadGuidancePipeline:
-    """A tiny model name, a Hugging Face id (from the local HF cache) or a local diffusers folder."""
+def load_pipeline(
+    model: str, device: str = "auto", dtype: str = "auto", drop_t5: bool = False
+) -> HeadGuidancePipeline:
+    """A tiny model name, a Hugging Face id (from the local HF cache) or a local diffusers folder.
+
+    drop_t5 leaves out SD3's T5-XXL text encoder (4.7B parameters; SD3 then sees zeros in its place).
+    """
     torch_device = resolve_device(device)
     if model in TINY_MODELS:
         pipe = build_tiny_pipeline(model)
@@ -241,18 +253,26 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto") -> Head
         from diffusers import DiffusionPipeline
 
         try:
+            index = DiffusionPipeline.load_config(model)
+            # Components saved as absent ([null, null], e.g. SD3 without T5) must be passed as None.
+            absent = {name: None for name, entry in index.items() if entry == [None, None]}
+            if drop_t5 and "text_encoder_3" in index:
+                absent.update(text_encoder_3=None, tokenizer_3=None)
             with warnings.catch_warnings():
                 # diffusers >= 0.36 renames torch_dtype to dtype; the old name works on every version.
                 warnings.simplefilter("ignore", FutureWarning)
                 pipe = DiffusionPipeline.from_pretrained(
-                    model, torch_dtype=resolve_dtype(dtype, torch_device)
+                    model, torch_dtype=resolve_dtype(dtype, torch_device), **absent
                 )
-        except (OSError, ValueError) as err:
+        except OSError as err:
             raise HeadsplatError(
-                f"could not load diffusers model {model!r} ({type(err).__name__}): it is neither a local "
-                f"diffusers folder nor in the Hugging Face cache; download it first "
-                f"(huggingface-cli download {model}; gated models need their licence accepted)"
+                f"could not load diffusers model {model!r}: it is neither a local diffusers folder nor in "
+                f"the Hugging Face cache; download it first (huggingface-cli download {model}; gated "
+                f"models need their licence accepted)"
             ) from err
+        except ValueError as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else "ValueError"
+            raise HeadsplatError(f"could not load diffusers model {model!r}: {reason}") from err
     text_tokens = TINY_TEXT_TOKENS if model in TINY_MODELS else None
     return HeadGuidancePipeline(pipe.to(torch_device), max_sequence_length=text_tokens)
 
@@ -797,7 +817,9 @@ class SearchState:
     """A search in progress or done; exactly what the output JSON holds."""
 
     model: str
+    """The model searched (HF id, folder or tiny name)."""
     config: dict
+    """The SearchConfig as a dict; a resume must match it exactly."""
     heads: list[list[int]] = field(default_factory=list)
     """Selected heads [[layer, head], ...] in the order chosen (loadable with --heads)."""
     scores: list[float] = field(default_factory=list)
@@ -805,6 +827,7 @@ class SearchState:
     rounds: list[dict] = field(default_factory=list)
     """Per round: {'scores': {'L:H': mean objective}, 'selected': [[l, h], ...]}."""
     complete: bool = False
+    """True once every round has chosen its heads."""
 
 
 def _pairs(config: SearchConfig) -> list[tuple[str, int]]:
@@ -1011,6 +1034,8 @@ class GuideConfig:
     """auto, cpu or cuda."""
     dtype: str = "auto"
     """auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16."""
+    drop_t5: bool = False
+    """SD3: load without the T5-XXL text encoder (4.7B parameters)."""
     output: str = "guide.png"
     """Output image path."""
 
@@ -1018,7 +1043,7 @@ class GuideConfig:
 def generate(config: GuideConfig, pipeline: HeadGuidancePipeline | None = None) -> Image.Image:
     """Sample one image for a GuideConfig (loading the model unless a pipeline is given)."""
     heads = load_heads(config.heads) if config.heads else HeadSet()  # a bad spec fails before loading
-    pipeline = pipeline or load_pipeline(config.model, config.device, config.dtype)
+    pipeline = pipeline or load_pipeline(config.model, config.device, config.dtype, config.drop_t5)
     image = pipeline(
         config.prompt,
         negative_prompt=config.negative_prompt,
@@ -1052,6 +1077,13 @@ def _seeds(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (the usage block is one --help away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def _common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default=GuideConfig.model, help=f"HF id, local folder or {'/'.join(TINY_MODELS)}"
@@ -1069,10 +1101,13 @@ def _common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, default=None, help="image width in pixels")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    parser.add_argument(
+        "--no-t5", action="store_true", help="SD3: leave out the T5-XXL text encoder (saves memory)"
+    )
 
 
 def _generate_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m pipelines.guide",
         description="Sample an SD3/FLUX image with head-level perturbed-attention guidance "
         "(arXiv 2506.10978). Run 'python -m pipelines.guide search --help' for the HeadHunter head search.",
@@ -1093,7 +1128,7 @@ def _generate_parser() -> argparse.ArgumentParser:
 
 
 def _search_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m pipelines.guide search",
         description="HeadHunter: greedy search for the attention heads whose perturbation best raises an "
         "objective; writes the chosen heads and their scores as JSON (usable with --heads).",
@@ -1126,6 +1161,13 @@ def _read_prompts(path: str) -> list[str]:
     return prompts
 
 
+def _is_complete_search(path: str) -> bool:
+    try:
+        return bool(json.loads(Path(path).read_text()).get("complete", True))
+    except (OSError, ValueError, AttributeError):
+        return True  # not a search state: nothing to lose by overwriting it
+
+
 def run_search(args: argparse.Namespace) -> SearchState:
     """The 'search' subcommand."""
     config = SearchConfig(
@@ -1147,20 +1189,30 @@ def run_search(args: argparse.Namespace) -> SearchState:
     if args.resume and Path(args.output).exists():
         state = load_search(args.output, args.model, config)
     else:
+        if Path(args.output).exists() and not _is_complete_search(args.output):
+            raise HeadsplatError(
+                f"{args.output} holds an unfinished search: pass --resume to continue it, "
+                f"or choose another -o"
+            )
         state = SearchState(model=args.model, config=asdict(config))
-    objective = make_objective(config.objective, device="cpu")
-    pipeline = load_pipeline(args.model, args.device, args.dtype)
+    if args.batch_size < 1:
+        raise HeadsplatError(f"--batch-size must be at least 1, got {args.batch_size}")
+    objective = make_objective(config.objective, device=str(resolve_device(args.device)))
+    pipeline = load_pipeline(args.model, args.device, args.dtype, args.no_t5)
     return search_heads(pipeline, config, objective, state, save=lambda s: save_search(s, args.output))
 
 
 def _quiet_libraries() -> None:
     """Keep the CLI's stderr to our own messages: library warnings (missing accelerate or torchvision,
-    hub retries) would bury the one-line error."""
+    hub retries) and weight-loading bars would bury the one-line error."""
     import diffusers
     import transformers
 
     diffusers.utils.logging.set_verbosity_error()
     transformers.utils.logging.set_verbosity_error()
+    # Loading bars only; the sampling and search bars are the pipeline's and ours.
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1191,6 +1243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 guidance_range=args.guidance_range,
                 device=args.device,
                 dtype=args.dtype,
+                drop_t5=args.no_t5,
                 output=args.output,
             )
             save_image(generate(config), config.output)

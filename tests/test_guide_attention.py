@@ -11,6 +11,7 @@ from models.attention_guidance import (
     SD3HeadPerturbationProcessor,
     attention_layout,
     attention_modules,
+    head_runs,
     perturb_heads_,
     perturbed_attention,
     reference_perturbed_attention,
@@ -177,16 +178,22 @@ def test_unsupported_models_and_processors_give_clear_errors():
 @pytest.mark.parametrize("mode", ["joint", "image"])
 @pytest.mark.parametrize("image", [slice(0, 10), slice(4, 14)])  # SD3 [image, text] and FLUX [text, image]
 @pytest.mark.parametrize("strength", [0.3, 1.0])
-def test_fused_perturbation_matches_dense_attention_map_twin(mode, image, strength):
+@pytest.mark.parametrize("heads", [[0, 3], [1, 2]])  # two runs / one run of consecutive heads
+def test_fused_perturbation_matches_dense_attention_map_twin(mode, image, strength, heads):
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, 3, 14, 8, generator=g) for _ in range(3))
-    heads = [0, 2]
+    q, k, v = (torch.randn(2, 4, 14, 8, generator=g) for _ in range(3))
     out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
     fast = perturb_heads_(out.clone(), q, k, v, heads, strength, mode, image)
     dense = reference_perturbed_attention(q, k, v, heads, strength, mode, image)
     torch.testing.assert_close(fast, dense, atol=1e-5, rtol=1e-5)
-    assert torch.equal(fast[:, 1], out[:, 1])  # an unselected head is bit-for-bit unchanged
-    assert not torch.allclose(fast[:, 0], out[:, 0], atol=1e-3)
+    others = [h for h in range(4) if h not in heads]
+    assert torch.equal(fast[:, others], out[:, others])  # unselected heads are bit-for-bit unchanged
+    assert not torch.allclose(fast[:, heads], out[:, heads], atol=1e-3)
+
+
+def test_head_runs_group_consecutive_heads():
+    assert head_runs([7, 0, 2, 1, 2]) == [slice(0, 3), slice(7, 8)]
+    assert head_runs([]) == []
 
 
 def test_image_mode_leaves_text_queries_untouched_and_rows_pick_samples():

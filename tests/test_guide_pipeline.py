@@ -280,6 +280,8 @@ def test_clip_scorer_loads_local_weights_and_scores_with_logit_scale(tmp_path):
     expected = float(out.logits_per_image[0, 0])  # CLIP's own logit_scale.exp() * cosine
     assert score == pytest.approx(expected, rel=1e-5)
     assert scorer(blue, "a red square") != pytest.approx(score, rel=1e-4)
+    with_processor = guide.make_objective(f"clip:{tmp_path},{tmp_path}")  # PickScore-style MODEL,PROCESSOR
+    assert with_processor(red, "a red square") == pytest.approx(score, rel=1e-6)
     with pytest.raises(HeadsplatError, match="could not load CLIP scorer"):
         guide.make_objective(f"clip:{tmp_path / 'missing'}")
 
@@ -310,6 +312,11 @@ def test_cli_generates_searches_and_reuses_the_search_output(tmp_path, capsys):
     assert guide.main(search + ["--objective", "colorfulness", "-o", str(heads)]) == 0
     result = json.loads(heads.read_text())
     assert result["complete"] and len(result["heads"]) == 1 and result["heads"][0][0] == 3
+    heads.write_text(json.dumps({**result, "complete": False}))  # an interrupted search is never overwritten
+    assert guide.main(search + ["--objective", "colorfulness", "-o", str(heads)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert guide.main(search + ["--objective", "colorfulness", "-o", str(heads), "--resume"]) == 0
+    assert json.loads(heads.read_text()) == result
     assert set(result["rounds"][0]["scores"]) == {"3:0", "3:1"}
     flux_image = tmp_path / "flux.png"
     flux_args = ["--prompt", PROMPT, "--model", "tiny-flux", "--steps", "1", "--heads", str(heads)]
@@ -332,6 +339,40 @@ def test_cli_bad_heads_exit_nonzero_with_one_line(tmp_path, capsys, heads, messa
     err = capsys.readouterr().err.strip()
     assert code != 0 and message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x.png").exists()
+
+
+def test_cli_loads_local_diffusers_folders_and_rejects_non_dit_pipelines(tmp_path, capsys):
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    build_tiny_pipeline("tiny-sd3").save_pretrained(tmp_path / "sd3")  # saved without T5
+    out = tmp_path / "sd3.png"
+    args = ["--prompt", PROMPT, "--model", str(tmp_path / "sd3"), "--steps", "1", "--heads", "1:*"]
+    assert guide.main(args + ["--height", "16", "--width", "16", "--no-t5", "-o", str(out)]) == 0
+    assert Image.open(out).size == (16, 16)
+
+    unet = UNet2DModel(
+        sample_size=8,
+        block_out_channels=(4, 8),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    )
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
+    capsys.readouterr()
+    assert guide.main(["--prompt", PROMPT, "--model", str(tmp_path / "ddpm"), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err == "error: head guidance needs a StableDiffusion3Pipeline or FluxPipeline, got DDPMPipeline: "
+        "use an SD3 or FLUX model"
+    )
+
+
+def test_cli_flag_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        guide.main(["--prompt", PROMPT, "--guidance-range", "half"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "START,END" in err
 
 
 def test_cli_module_entry_point_reports_errors_in_one_line():
