@@ -203,11 +203,16 @@ def _project(
         mx64, my64 = np.float64(mx), np.float64(my)
         if not (mx64 + rx > 0.0 and mx64 - rx < width and my64 + ry > 0.0 and my64 - ry < height):
             continue
-        # Pixel centres (j + 0.5) inside [mx - rx, mx + rx], clamped to the image.
-        px0 = max(0.0, math.ceil(mx64 - rx - 0.5))
-        px1 = min(width - 1.0, math.floor(mx64 + rx - 0.5))
-        py0 = max(0.0, math.ceil(my64 - ry - 0.5))
-        py1 = min(height - 1.0, math.floor(my64 + ry - 0.5))
+        # The pixels to visit: centres (j + 0.5) inside the box of the ellipse sigma <= smax, clamped to
+        # the image. That ellipse holds every pixel with alpha >= 1/255 (gsplat's ceil-ed box is up to a
+        # pixel wider on each side, which only adds pixels it then skips), so the image is the same.
+        smax = math.log(op / alpha_min) + SKIP_MARGIN
+        hx = math.sqrt(2.0 * smax * c00)
+        hy = math.sqrt(2.0 * smax * c11)
+        px0 = max(0.0, math.ceil(mx64 - hx - 0.5))
+        px1 = min(width - 1.0, math.floor(mx64 + hx - 0.5))
+        py0 = max(0.0, math.ceil(my64 - hy - 0.5))
+        py1 = min(height - 1.0, math.floor(my64 + hy - 0.5))
         if px0 > px1 or py0 > py1:
             continue
         params[i, P_MX] = mx
@@ -217,7 +222,7 @@ def _project(
         params[i, P_CC] = c00 / det
         params[i, P_OP] = opacities[i]
         params[i, P_Z] = z
-        params[i, P_SMAX] = math.log(op / alpha_min) + SKIP_MARGIN
+        params[i, P_SMAX] = smax
         if is_sh:
             dx, dy, dz = wx - campos[0], wy - campos[1], wz - campos[2]
             norm = math.sqrt(dx * dx + dy * dy + dz * dz)
@@ -309,85 +314,95 @@ def _bin(order, rects, tiles_x, n_tiles, n_chunks):  # pragma: no cover - compil
     return offsets, lists
 
 
+@njit(cache=True)
+def _composite_tile(
+    t, params, rects, offsets, lists, tiles_x, width, height, background, rgb, alpha, depth
+):  # pragma: no cover - compiled
+    """Front-to-back compositing of one 16x16 tile with gsplat's per-pixel arithmetic."""
+    half = np.float32(0.5)
+    one = np.float32(1.0)
+    table = EXP_TABLE
+    x0 = (t % tiles_x) * TILE
+    y0 = (t // tiles_x) * TILE
+    x1 = min(x0 + TILE, width)
+    y1 = min(y0 + TILE, height)
+    trans = np.ones(TILE * TILE, np.float32)
+    acc = np.zeros((TILE * TILE, 4), np.float32)
+    done = np.zeros(TILE * TILE, np.bool_)
+    row_alive = np.full(TILE, x1 - x0, np.int32)  # pixels per tile row that still take Gaussians
+    alive = (x1 - x0) * (y1 - y0)
+    for e in range(offsets[t], offsets[t + 1]):
+        g = lists[e]
+        gx0 = max(rects[g, 0], x0)
+        gx1 = min(rects[g, 1], x1 - 1)
+        gy0 = max(rects[g, 2], y0)
+        gy1 = min(rects[g, 3], y1 - 1)
+        mx = params[g, P_MX]
+        my = params[g, P_MY]
+        ca = params[g, P_CA]
+        cb = params[g, P_CB]
+        cc = params[g, P_CC]
+        op = params[g, P_OP]
+        smax = params[g, P_SMAX]
+        cr = params[g, P_R]
+        cg = params[g, P_G]
+        cbl = params[g, P_B]
+        cz = params[g, P_Z]
+        for yy in range(gy0, gy1 + 1):
+            if row_alive[yy - y0] == 0:
+                continue
+            dy = my - (np.float32(yy) + half)
+            cdy = cc * dy * dy
+            row = (yy - y0) * TILE - x0
+            for xx in range(gx0, gx1 + 1):
+                p = row + xx
+                if done[p]:
+                    continue
+                dx = mx - (np.float32(xx) + half)
+                sigma = half * (ca * dx * dx + cdy) + cb * dx * dy
+                if sigma < 0 or sigma > smax:
+                    continue
+                a = op * exp_neg(sigma, table)
+                if a > ALPHA_MAX:
+                    a = ALPHA_MAX
+                if a < ALPHA_MIN:
+                    continue
+                tp = trans[p]
+                next_t = tp * (one - a)
+                if next_t <= T_MIN:
+                    done[p] = True
+                    row_alive[yy - y0] -= 1
+                    alive -= 1
+                    continue
+                w = a * tp
+                acc[p, 0] += cr * w
+                acc[p, 1] += cg * w
+                acc[p, 2] += cbl * w
+                acc[p, 3] += cz * w
+                trans[p] = next_t
+        if alive == 0:
+            break
+    for yy in range(y0, y1):
+        for xx in range(x0, x1):
+            p = (yy - y0) * TILE + (xx - x0)
+            tp = trans[p]
+            a_out = one - tp
+            alpha[yy, xx] = a_out
+            for c in range(3):
+                rgb[yy, xx, c] = acc[p, c] + tp * background[c]
+            depth[yy, xx] = acc[p, 3] / max(a_out, np.float32(1e-10))
+
+
 @njit(parallel=True, cache=True)
 def _composite(
     params, rects, offsets, lists, tile_order, tiles_x, width, height, background, rgb, alpha, depth
 ):  # pragma: no cover - compiled
-    """Front-to-back compositing per 16x16 tile (tiles in parallel), gsplat's per-pixel arithmetic."""
-    half = np.float32(0.5)
-    one = np.float32(1.0)
-    table = EXP_TABLE
+    """All tiles, in parallel (each tile writes only its own pixels)."""
     for k in prange(tile_order.shape[0]):
-        t = tile_order[k]
-        x0 = (t % tiles_x) * TILE
-        y0 = (t // tiles_x) * TILE
-        x1 = min(x0 + TILE, width)
-        y1 = min(y0 + TILE, height)
-        trans = np.ones(TILE * TILE, np.float32)
-        acc = np.zeros((TILE * TILE, 4), np.float32)
-        done = np.zeros(TILE * TILE, np.bool_)
-        row_alive = np.full(TILE, x1 - x0, np.int32)  # pixels per tile row that still take Gaussians
-        alive = (x1 - x0) * (y1 - y0)
-        for e in range(offsets[t], offsets[t + 1]):
-            g = lists[e]
-            gx0 = max(rects[g, 0], x0)
-            gx1 = min(rects[g, 1], x1 - 1)
-            gy0 = max(rects[g, 2], y0)
-            gy1 = min(rects[g, 3], y1 - 1)
-            mx = params[g, P_MX]
-            my = params[g, P_MY]
-            ca = params[g, P_CA]
-            cb = params[g, P_CB]
-            cc = params[g, P_CC]
-            op = params[g, P_OP]
-            smax = params[g, P_SMAX]
-            cr = params[g, P_R]
-            cg = params[g, P_G]
-            cbl = params[g, P_B]
-            cz = params[g, P_Z]
-            for yy in range(gy0, gy1 + 1):
-                if row_alive[yy - y0] == 0:
-                    continue
-                dy = my - (np.float32(yy) + half)
-                cdy = cc * dy * dy
-                row = (yy - y0) * TILE - x0
-                for xx in range(gx0, gx1 + 1):
-                    p = row + xx
-                    if done[p]:
-                        continue
-                    dx = mx - (np.float32(xx) + half)
-                    sigma = half * (ca * dx * dx + cdy) + cb * dx * dy
-                    if sigma < 0 or sigma > smax:
-                        continue
-                    a = op * exp_neg(sigma, table)
-                    if a > ALPHA_MAX:
-                        a = ALPHA_MAX
-                    if a < ALPHA_MIN:
-                        continue
-                    tp = trans[p]
-                    next_t = tp * (one - a)
-                    if next_t <= T_MIN:
-                        done[p] = True
-                        row_alive[yy - y0] -= 1
-                        alive -= 1
-                        continue
-                    w = a * tp
-                    acc[p, 0] += cr * w
-                    acc[p, 1] += cg * w
-                    acc[p, 2] += cbl * w
-                    acc[p, 3] += cz * w
-                    trans[p] = next_t
-            if alive == 0:
-                break
-        for yy in range(y0, y1):
-            for xx in range(x0, x1):
-                p = (yy - y0) * TILE + (xx - x0)
-                tp = trans[p]
-                a_out = one - tp
-                alpha[yy, xx] = a_out
-                for c in range(3):
-                    rgb[yy, xx, c] = acc[p, c] + tp * background[c]
-                depth[yy, xx] = acc[p, 3] / max(a_out, np.float32(1e-10))
+        _composite_tile(
+            tile_order[k], params, rects, offsets, lists, tiles_x, width, height,
+            background, rgb, alpha, depth,
+        )  # fmt: skip
 
 
 def _tile_order(n_tiles: int) -> np.ndarray:
