@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from models.errors import HeadsplatError
-from models.latent import Identity, Motion, format_timecode, timecodes_to_seconds
+from models.latent import STANDARD_RATES, Identity, Motion, format_timecode, timecodes_to_seconds
 from pipelines.files import atomic_output, require_file
 
 MOTION_SUFFIXES = (".npz", ".json", ".csv")
+#: Live Link Face's timecode frame rate, used for the frame field of the CSVs headsplat writes.
+TIMECODE_FPS = 60.0
 
 
 def save_motion(motion: Motion, path: str | os.PathLike) -> Path:
@@ -68,7 +70,9 @@ def motion_to_arkit_csv(motion: Motion, include_translation: bool = True) -> str
     writer.writerow(["Timecode", "BlendShapeCount", *columns])
     for i, row in enumerate(table):
         # 61 = 52 blendshapes + 9 angles, as Live Link Face writes it.
-        writer.writerow([format_timecode(i / motion.fps, motion.fps), 61, *(f"{v:.9g}" for v in row)])
+        # Timecode frames count at Live Link Face's 60 fps with a sub-frame fraction, whatever the
+        # motion's own rate: readers (ours included) then recover the times without being told the rate.
+        writer.writerow([format_timecode(i / motion.fps, TIMECODE_FPS), 61, *(f"{v:.9g}" for v in row)])
     return out.getvalue()
 
 
@@ -96,11 +100,16 @@ def motion_from_arkit_csv(text: str, fps: float | None = None, source: str = "CS
             raise HeadsplatError(f"{source} line {line}: not a number ({err})") from err
     times, rate = timecodes_to_seconds(timecodes, fps)
     table = np.asarray(values, np.float64)
-    motion_fps = rate
-    uniform = np.allclose(times, np.arange(len(times)) / rate, atol=0.25 / rate)
+    # The rows' own spacing is the motion's frame rate (a 25 fps take written with 60 fps timecodes
+    # is still 25 fps); snap it to a standard rate when it is one.
+    steps = np.diff(times)
+    motion_fps = 1.0 / float(np.median(steps)) if len(steps) else rate
+    near = [r for r in STANDARD_RATES if abs(r - motion_fps) < 1e-3 * r]
+    motion_fps = near[0] if near else round(motion_fps, 3)
+    uniform = np.allclose(times, np.arange(len(times)) / motion_fps, atol=0.25 / motion_fps)
     if not uniform:
-        # Dropped or uneven frames: put them back on a regular grid at the timecode rate.
-        grid = np.arange(int(np.floor(times[-1] * rate + 1e-6)) + 1) / rate
+        # Dropped or uneven frames: put them back on a regular grid.
+        grid = np.arange(int(np.floor(times[-1] * motion_fps + 1e-6)) + 1) / motion_fps
         table = np.stack([np.interp(grid, times, table[:, c]) for c in range(table.shape[1])], axis=1)
     return Motion.from_arkit_table(columns, table, motion_fps)
 

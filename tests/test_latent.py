@@ -41,16 +41,23 @@ def test_round_trip_npz_json_csv_is_exact_within_1e6(tmp_path):
     save_motion(from_npz, tmp_path / "m.json")
     from_json = load_motion(tmp_path / "m.json")
     save_motion(from_json, tmp_path / "m.csv")
-    from_csv = load_motion(tmp_path / "m.csv", csv_fps=25)
+    from_csv = load_motion(tmp_path / "m.csv", csv_fps=60)
     _assert_same(motion, from_csv)
-    # Without a stated rate the CSV's frame fields (0-24 over several seconds) tell 25 fps.
+    # Without a stated rate the rows' spacing tells 25 fps.
+    _assert_same(motion, load_motion(tmp_path / "m.csv"))
+
+
+@pytest.mark.parametrize(("frames", "fps"), [(10, 25.0), (25, 25.0), (7, 30.0), (300, 24.0)])
+def test_short_and_long_csv_clips_come_back_at_their_own_frame_rate(tmp_path, frames, fps):
+    motion = _random_motion(frames=frames, fps=fps)
+    save_motion(motion, tmp_path / "m.csv")
     _assert_same(motion, load_motion(tmp_path / "m.csv"))
 
 
 def test_csv_merges_split_pairs_as_the_documented_lossy_step(tmp_path):
     motion = _random_motion(symmetric_pairs=False)
     save_motion(motion, tmp_path / "m.csv")
-    back = load_motion(tmp_path / "m.csv", csv_fps=25)
+    back = load_motion(tmp_path / "m.csv")
     for left, right in (("browInnerUp_L", "browInnerUp_R"), ("cheekPuff_L", "cheekPuff_R")):
         mean = 0.5 * (motion[left] + motion[right])
         np.testing.assert_allclose(back[left], mean, atol=1e-6)
