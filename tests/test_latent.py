@@ -233,3 +233,15 @@ def test_identity_round_trips_and_validates(tmp_path):
         Identity(np.zeros(101))
     with pytest.raises(HeadsplatError, match="NaN"):
         Identity(np.array([np.nan]))
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        save_motion(_random_motion(frames=3), tmp_path / "m.npz")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "m.npz").stat().st_mode) == 0o644
