@@ -1,0 +1,87 @@
+"""Compositing helpers: a render over a background, and a rendered crop pasted back into a full frame."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+Image = np.ndarray | Tensor
+
+
+def composite_over(
+    rgb: Image,  # [..., H, W, 3] premultiplied colour (a render with the default black background)
+    alpha: Image,  # [..., H, W] coverage in [0, 1]
+    background: Image | Sequence[float],  # [3] colour or [..., H, W, 3] image
+) -> Image:  # [..., H, W, 3]
+    """Porter-Duff "over": rgb + (1 - alpha) * background (rgb is premultiplied by alpha, as rendered)."""
+    if rgb.shape[-1] != 3 or tuple(alpha.shape) != tuple(rgb.shape[:-1]):
+        raise ValueError(f"composite_over needs rgb [..., H, W, 3] and alpha [..., H, W]; got {rgb.shape}, {alpha.shape}")
+    if isinstance(rgb, Tensor):
+        bg = torch.as_tensor(np.asarray(background) if not isinstance(background, Tensor) else background)
+        bg = bg.to(rgb.device, rgb.dtype)
+    else:
+        bg = np.asarray(background, dtype=rgb.dtype)
+    if bg.shape[-1] != 3:
+        raise ValueError(f"background must be RGB ([3] or [..., H, W, 3]), got shape {tuple(bg.shape)}")
+    return rgb + (1 - alpha[..., None]) * bg
+
+
+def paste_back(
+    crop_rgb: Image,  # [h, w, 3]
+    crop_mask: Image,  # [h, w] in [0, 1]: where the crop replaces the frame
+    frame: Image,  # [H, W, 3] uint8 or float
+    box_or_affine: Sequence[float] | Image,  # (x0, y0, x1, y1) frame pixels, or [2, 3] crop -> frame affine
+    feather_px: float = 8.0,
+) -> Image:  # [H, W, 3], same type, dtype and device as frame
+    """Paste a crop into a frame through a soft mask whose edges fade over `feather_px` frame pixels.
+
+    The box is in pixel-edge coordinates (the crop's outer edges land on x0, x1); the affine maps crop
+    pixel centres to frame pixel centres (OpenCV's warpAffine convention). The mask is warped, eroded by
+    feather_px / 2 and blurred (sigma feather_px / 4), so the fade ends at the mask's own edge and the
+    frame shows through there instead of crop pixels from outside the mask. Colours blend linearly.
+    """
+    crop = _to_numpy(crop_rgb).astype(np.float32)
+    mask = _to_numpy(crop_mask).astype(np.float32)
+    out = _to_numpy(frame)
+    if crop.ndim != 3 or crop.shape[2] != 3 or mask.shape != crop.shape[:2]:
+        raise ValueError(f"paste_back needs crop_rgb [h, w, 3] and crop_mask [h, w]; got {crop.shape}, {mask.shape}")
+    if out.ndim != 3 or out.shape[2] != 3:
+        raise ValueError(f"paste_back needs frame [H, W, 3], got {out.shape}")
+    if feather_px < 0:
+        raise ValueError(f"feather_px must be >= 0, got {feather_px}")
+    h, w = mask.shape
+    big_h, big_w = out.shape[:2]
+    m = np.asarray(_to_numpy(box_or_affine) if isinstance(box_or_affine, Tensor) else box_or_affine, np.float64)
+    if m.shape == (4,):
+        x0, y0, x1, y1 = m
+        if not (x1 > x0 and y1 > y0):
+            raise ValueError(f"paste_back box must have x1 > x0 and y1 > y0, got {tuple(m)}")
+        sx, sy = (x1 - x0) / w, (y1 - y0) / h
+        m = np.array([[sx, 0.0, x0 + 0.5 * sx - 0.5], [0.0, sy, y0 + 0.5 * sy - 0.5]])
+    elif m.shape != (2, 3):
+        raise ValueError(f"box_or_affine must be (x0, y0, x1, y1) or a [2, 3] affine, got shape {m.shape}")
+    if not np.isfinite(m).all():
+        raise ValueError("box_or_affine has NaN/inf values")
+    warped = cv2.warpAffine(crop, m, (big_w, big_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    weight = cv2.warpAffine(np.clip(mask, 0, 1), m, (big_w, big_h), flags=cv2.INTER_LINEAR, borderValue=0)
+    if feather_px > 0:
+        radius = int(round(feather_px / 2))
+        if radius > 0:
+            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+            weight = cv2.erode(weight, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+        weight = cv2.GaussianBlur(weight, (0, 0), sigmaX=feather_px / 4, borderType=cv2.BORDER_CONSTANT)
+    weight = weight[..., None]
+    if out.dtype == np.uint8:
+        blended = out.astype(np.float32) * (1 - weight) + warped * weight
+        result = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    else:
+        result = (out * (1 - weight) + warped * weight).astype(out.dtype)
+    return torch.from_numpy(result).to(frame.device) if isinstance(frame, Tensor) else result
+
+
+def _to_numpy(x: Image | Sequence[float]) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
