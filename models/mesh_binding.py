@@ -81,11 +81,23 @@ class MeshBinding:
 
     def pose(self, vertices: Tensor, triangles: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """World means [..., N, 3], wxyz rotations [..., N, 4] and scales [..., N, 3] on meshes [..., V, 3]."""
-        frames, size = triangle_frames(vertices, triangles)
-        frame = frames[..., self.triangle, :, :]  # [..., N, 3, 3]
-        k = size[..., self.triangle]  # [..., N]
-        corners = vertices[..., triangles[self.triangle], :]  # [..., N, 3, 3]
+        # Frames and their quaternions are computed once per used triangle, then gathered per Gaussian.
+        used, inverse = self._used_triangles()
+        corners_idx = triangles[used]  # [U, 3]
+        frames, size = triangle_frames(vertices, corners_idx)
+        frame_quat = matrix_to_quaternion(frames)[..., inverse, :]  # [..., N, 4]
+        normal = frames[..., 2][..., inverse, :]  # [..., N, 3]
+        k = size[..., inverse]  # [..., N]
+        corners = vertices[..., corners_idx[inverse], :]  # [..., N, 3, 3]
         surface = (self.barycentric[..., None] * corners).sum(-2)
-        means = surface + frame[..., :, 2] * (self.offset * k)[..., None]
-        rotation = quaternion_multiply(matrix_to_quaternion(frame), self.rotation)
+        means = surface + normal * (self.offset * k)[..., None]
+        rotation = quaternion_multiply(frame_quat, self.rotation)
         return means, rotation, self.scale * k[..., None]
+
+    def _used_triangles(self) -> tuple[Tensor, Tensor]:
+        cache = getattr(self, "_used_cache", None)
+        if cache is None or cache[0] is not self.triangle:
+            used, inverse = torch.unique(self.triangle, return_inverse=True)
+            cache = (self.triangle, used, inverse)
+            self._used_cache = cache
+        return cache[1], cache[2]
