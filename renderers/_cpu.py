@@ -104,7 +104,12 @@ def _project(
         op = np.float64(opacities[i])
         if op < alpha_min:
             continue
-        qw, qx, qy, qz = np.float64(quats[i, 0]), np.float64(quats[i, 1]), np.float64(quats[i, 2]), np.float64(quats[i, 3])
+        qw, qx, qy, qz = (
+            np.float64(quats[i, 0]),
+            np.float64(quats[i, 1]),
+            np.float64(quats[i, 2]),
+            np.float64(quats[i, 3]),
+        )
         qn = math.sqrt(qw * qw + qx * qx + qy * qy + qz * qz)
         qw, qx, qy, qz = qw / qn, qx / qn, qy / qn, qz / qn
         r00 = 1.0 - 2.0 * (qy * qy + qz * qz)

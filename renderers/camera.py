@@ -65,7 +65,12 @@ class Camera:
             setattr(self, name, value)
         if self.fx <= 0 or self.fy <= 0:
             raise ValueError(f"Camera focal lengths must be > 0 pixels, got fx={self.fx}, fy={self.fy}")
-        if int(self.width) != self.width or int(self.height) != self.height or self.width < 1 or self.height < 1:
+        if (
+            int(self.width) != self.width
+            or int(self.height) != self.height
+            or self.width < 1
+            or self.height < 1
+        ):
             raise ValueError(f"Camera size must be positive whole pixels, got {self.width}x{self.height}")
         self.width, self.height = int(self.width), int(self.height)
         if not 0 < self.near < self.far:
@@ -86,7 +91,13 @@ class Camera:
         """The same view at another image size (intrinsics scaled with the image)."""
         sx, sy = width / self.width, height / self.height
         return replace(
-            self, fx=self.fx * sx, fy=self.fy * sy, cx=self.cx * sx, cy=self.cy * sy, width=width, height=height
+            self,
+            fx=self.fx * sx,
+            fy=self.fy * sy,
+            cx=self.cx * sx,
+            cy=self.cy * sy,
+            width=width,
+            height=height,
         )
 
     @classmethod
@@ -184,7 +195,13 @@ def orbit_cameras(
         )
         cams.append(
             Camera.look_at(
-                centre + distance * offset, centre, width=width, height=height, fov_y=fov_y, near=near, far=far
+                centre + distance * offset,
+                centre,
+                width=width,
+                height=height,
+                fov_y=fov_y,
+                near=near,
+                far=far,
             )
         )
     return cams

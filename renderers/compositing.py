@@ -19,7 +19,9 @@ def composite_over(
 ) -> Image:  # [..., H, W, 3]
     """Porter-Duff "over": rgb + (1 - alpha) * background (rgb is premultiplied by alpha, as rendered)."""
     if rgb.shape[-1] != 3 or tuple(alpha.shape) != tuple(rgb.shape[:-1]):
-        raise ValueError(f"composite_over needs rgb [..., H, W, 3] and alpha [..., H, W]; got {rgb.shape}, {alpha.shape}")
+        raise ValueError(
+            f"composite_over needs rgb [..., H, W, 3] and alpha [..., H, W]; got {rgb.shape}, {alpha.shape}"
+        )
     if isinstance(rgb, Tensor):
         bg = torch.as_tensor(np.asarray(background) if not isinstance(background, Tensor) else background)
         bg = bg.to(rgb.device, rgb.dtype)
@@ -48,14 +50,18 @@ def paste_back(
     mask = _to_numpy(crop_mask).astype(np.float32)
     out = _to_numpy(frame)
     if crop.ndim != 3 or crop.shape[2] != 3 or mask.shape != crop.shape[:2]:
-        raise ValueError(f"paste_back needs crop_rgb [h, w, 3] and crop_mask [h, w]; got {crop.shape}, {mask.shape}")
+        raise ValueError(
+            f"paste_back needs crop_rgb [h, w, 3] and crop_mask [h, w]; got {crop.shape}, {mask.shape}"
+        )
     if out.ndim != 3 or out.shape[2] != 3:
         raise ValueError(f"paste_back needs frame [H, W, 3], got {out.shape}")
     if feather_px < 0:
         raise ValueError(f"feather_px must be >= 0, got {feather_px}")
     h, w = mask.shape
     big_h, big_w = out.shape[:2]
-    m = np.asarray(_to_numpy(box_or_affine) if isinstance(box_or_affine, Tensor) else box_or_affine, np.float64)
+    m = np.asarray(
+        _to_numpy(box_or_affine) if isinstance(box_or_affine, Tensor) else box_or_affine, np.float64
+    )
     if m.shape == (4,):
         x0, y0, x1, y1 = m
         if not (x1 > x0 and y1 > y0):

@@ -11,7 +11,13 @@ from torch import Tensor
 # Real spherical-harmonics basis constants as used by 3D Gaussian Splatting (Kerbl et al. 2023) and gsplat.
 SH_C0 = 0.28209479177387814
 SH_C1 = 0.4886025119029199
-SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
+SH_C2 = (
+    1.0925484305920792,
+    -1.0925484305920792,
+    0.31539156525252005,
+    -1.0925484305920792,
+    0.5462742152960396,
+)
 SH_C3 = (
     -0.5900435899266435,
     2.890611442640554,
@@ -120,12 +126,14 @@ class Gaussians:
                     f"Gaussians.{name} must have shape {shape if n >= 0 else '[N, 3]'}; shapes given: {got}"
                 )
         c = self.colors
-        if not (
-            (c.ndim == 2 and c.shape == (n, 3)) or (c.ndim == 3 and c.shape[0] == n and c.shape[2] == 3)
-        ):
-            raise ValueError(f"Gaussians.colors must be [N, 3] RGB or [N, K, 3] SH with N={n}, got {tuple(c.shape)}")
+        if not ((c.ndim == 2 and c.shape == (n, 3)) or (c.ndim == 3 and c.shape[0] == n and c.shape[2] == 3)):
+            raise ValueError(
+                f"Gaussians.colors must be [N, 3] RGB or [N, K, 3] SH with N={n}, got {tuple(c.shape)}"
+            )
         if c.ndim == 3 and c.shape[1] not in SH_SIZES:
-            raise ValueError(f"Gaussians.colors SH must have K in {SH_SIZES} (degree 0..3), got K={c.shape[1]}")
+            raise ValueError(
+                f"Gaussians.colors SH must have K in {SH_SIZES} (degree 0..3), got K={c.shape[1]}"
+            )
         devices = {getattr(self, f).device for f in fields}
         if len(devices) > 1:
             raise ValueError(f"Gaussians tensors are on different devices: {sorted(map(str, devices))}")
@@ -142,7 +150,9 @@ class Gaussians:
             )
         norms = self.quats.detach().norm(dim=-1)
         if (norms == 0).any():
-            raise ValueError("Gaussians.quats has all-zero quaternions, which are no rotation; use (1, 0, 0, 0)")
+            raise ValueError(
+                "Gaussians.quats has all-zero quaternions, which are no rotation; use (1, 0, 0, 0)"
+            )
         # Rows already unit length to float32 precision stay bit-identical, so normalising is idempotent
         # (a .ply round trip returns the very same quaternions).
         norm = self.quats.norm(dim=-1, keepdim=True)
@@ -217,4 +227,3 @@ def quat_to_rotmat(quats: Tensor) -> Tensor:  # [N, 4] wxyz unit -> [N, 3, 3]
         ],
         dim=-1,
     ).reshape(quats.shape[:-1] + (3, 3))
-

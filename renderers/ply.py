@@ -30,7 +30,9 @@ _MIN_SCALE = 1e-30
 
 def _atomic_write(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(
+        dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp"
+    )
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -72,7 +74,7 @@ def write_ply(path: str | os.PathLike, gaussians: Gaussians) -> None:
 
 
 def read_ply(path: str | os.PathLike) -> Gaussians:
-    """Read an INRIA 3DGS .ply (ours, gsplat's, SuperSplat's uncompressed export) into Gaussians (SH colours)."""
+    """Read an INRIA 3DGS .ply (ours, gsplat's, SuperSplat's uncompressed one) into Gaussians (SH colours)."""
     path = Path(path)
     with open(path, "rb") as f:
         blob = f.read()
@@ -123,7 +125,11 @@ def _gaussians_from_table(table: np.ndarray, path: Path) -> Gaussians:
     if missing:
         raise ValueError(f"{path} is not a 3DGS .ply: missing properties {missing}")
     n_rest = sum(1 for p in names if re.fullmatch(r"f_rest_\d+", p))
-    if n_rest % 3 or n_rest // 3 + 1 not in SH_SIZES or any(f"f_rest_{j}" not in names for j in range(n_rest)):
+    if (
+        n_rest % 3
+        or n_rest // 3 + 1 not in SH_SIZES
+        or any(f"f_rest_{j}" not in names for j in range(n_rest))
+    ):
         raise ValueError(f"{path}: {n_rest} f_rest properties do not form SH of degree 0..3 (3, 9, 24 or 45)")
     k = n_rest // 3 + 1
 
@@ -159,7 +165,9 @@ def write_splat(path: str | os.PathLike, gaussians: Gaussians) -> None:
     rgb = g.colors if g.colors.ndim == 2 else SH_C0 * g.colors[:, 0, :] + 0.5
     importance = g.scales.double().prod(dim=1) * g.opacities.double()
     order = torch.sort(-importance, stable=True).indices
-    table = np.empty(len(g), dtype=[("pos", "<f4", 3), ("scale", "<f4", 3), ("rgba", "u1", 4), ("rot", "u1", 4)])
+    table = np.empty(
+        len(g), dtype=[("pos", "<f4", 3), ("scale", "<f4", 3), ("rgba", "u1", 4), ("rot", "u1", 4)]
+    )
     table["pos"] = g.means[order].numpy()
     table["scale"] = g.scales[order].numpy()
     rgba = torch.cat([rgb[order], g.opacities[order, None]], dim=1)

@@ -137,7 +137,10 @@ def _project_reference(g: Gaussians, cam: Camera) -> _Projected:
     view = cam.world_to_camera.to(g.device, torch.float64)
     rot_v, t_v = view[:3, :3], view[:3, 3]
     means_c = g.means.double() @ rot_v.T + t_v
-    axes = quat_to_rotmat(torch.nn.functional.normalize(g.quats.double(), dim=-1)) * g.scales.double()[:, None, :]  # R_q diag(s)
+    axes = (
+        quat_to_rotmat(torch.nn.functional.normalize(g.quats.double(), dim=-1))
+        * g.scales.double()[:, None, :]
+    )  # R_q diag(s)
     axes_c = rot_v @ axes
     cov_c = axes_c @ axes_c.transpose(1, 2)
     x, y, z = means_c.unbind(-1)
@@ -150,14 +153,18 @@ def _project_reference(g: Gaussians, cam: Camera) -> _Projected:
     ty = z * torch.clamp(y / z, *lim_y)
     zero = torch.zeros_like(z)
     jac = torch.stack([fx / z, zero, -fx * tx / z**2, zero, fy / z, -fy * ty / z**2], -1).reshape(-1, 2, 3)
-    cov2d = jac @ cov_c @ jac.transpose(1, 2) + _cpu.EPS2D * torch.eye(2, dtype=torch.float64, device=g.device)
+    cov2d = jac @ cov_c @ jac.transpose(1, 2) + _cpu.EPS2D * torch.eye(
+        2, dtype=torch.float64, device=g.device
+    )
     a, b, d = cov2d[:, 0, 0], cov2d[:, 0, 1], cov2d[:, 1, 1]
     det = a * d - b * b
     conics = torch.stack([d / det, -b / det, a / det], -1)
     means2d = torch.stack([fx * x * (1.0 / z) + cx, fy * y * (1.0 / z) + cy], -1).float()
     op = g.opacities.double()
     alpha_min = float(_cpu.ALPHA_MIN)
-    extend = torch.sqrt(2.0 * torch.log(torch.clamp_min(op, alpha_min) / alpha_min)).clamp_max(_cpu.EXTEND_MAX)
+    extend = torch.sqrt(2.0 * torch.log(torch.clamp_min(op, alpha_min) / alpha_min)).clamp_max(
+        _cpu.EXTEND_MAX
+    )
     rx = torch.ceil(extend * a.sqrt())
     ry = torch.ceil(extend * d.sqrt())
     m2 = means2d.double()
@@ -182,7 +189,9 @@ def _render_reference(g: Gaussians, cam: Camera, bg: Tensor) -> tuple[Tensor, Te
     color_acc = torch.zeros(h, w, 3, **f32)
     depth_acc = torch.zeros(h, w, **f32)
     done = torch.zeros(h, w, dtype=torch.bool, device=g.device)
-    alpha_min, alpha_max, t_min = (torch.tensor(v, **f32) for v in (_cpu.ALPHA_MIN, _cpu.ALPHA_MAX, _cpu.T_MIN))
+    alpha_min, alpha_max, t_min = (
+        torch.tensor(v, **f32) for v in (_cpu.ALPHA_MIN, _cpu.ALPHA_MAX, _cpu.T_MIN)
+    )
     for i in ids.tolist():
         a, b, c = proj.conics[i]
         dx = proj.means2d[i, 0] - px
