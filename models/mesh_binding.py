@@ -74,9 +74,10 @@ class MeshBinding:
         offset_cm: Tensor,  # [N] along the normal, cm
         rotation: Tensor,  # [N, 4] wxyz world rotation at rest
         scale_cm: Tensor,  # [N, 3] world axis lengths at rest, cm
+        frames: tuple[Tensor, Tensor] | None = None,  # triangle_frames(vertices, triangles), if already known
     ) -> MeshBinding:
         """Bind Gaussians given in world terms on the rest mesh."""
-        frames, size = triangle_frames(vertices, triangles)
+        frames, size = frames if frames is not None else triangle_frames(vertices, triangles)
         frame, k = frames[triangle], size[triangle]
         local_rot = matrix_to_quaternion(frame.transpose(-1, -2) @ quaternion_to_matrix(rotation))
         return cls(triangle, barycentric, offset_cm / k, local_rot, scale_cm / k[:, None])
