@@ -159,6 +159,13 @@ class PortraitAvatar:
     def num_gaussians(self) -> int:
         return len(self.binding) + len(self.rigid_means)
 
+    def to(self, device) -> PortraitAvatar:
+        """The same avatar with its tensors on `device` (the background image stays in numpy)."""
+        tensors, meta = self.state()
+        moved = {k: v.to(device) for k, v in tensors.items() if k not in ("background", "moving_mask")}
+        moved["background"], moved["moving_mask"] = tensors["background"], tensors["moving_mask"]
+        return PortraitAvatar.from_state(moved, meta, self.head.to(device))
+
     # ------------------------------------------------------------------------------------------
     _TENSORS = (
         "identity", "rest_expression", "rest_rotation", "rest_translation", "bound_colors", "bound_opacities",
@@ -307,6 +314,7 @@ def build_portrait_avatar(
 
     with torch.no_grad():
         points = project_points(rest_mesh, camera)
+        frames = triangle_frames(rest_mesh, head.triangles)
     frags = rasterize_mesh(points.numpy(), head.triangles.numpy(), size, size)
     hit = frags.triangle >= 0
     if hit.sum() < 0.02 * size * size:
@@ -324,7 +332,7 @@ def build_portrait_avatar(
     scales = torch.stack([sigma, sigma, sigma * cfg.thickness], dim=-1)
     facing = _camera_rotation_quat(camera).expand(len(tri), 4)
     pixel_binding = MeshBinding.from_world(
-        rest_mesh, head.triangles, tri, bary, torch.zeros(len(tri)), facing.contiguous(), scales
+        rest_mesh, head.triangles, tri, bary, torch.zeros(len(tri)), facing.contiguous(), scales, frames
     )
     pixel_colors = torch.from_numpy(crop[ys, xs])
 
@@ -341,15 +349,16 @@ def build_portrait_avatar(
     rigid_weights = torch.from_numpy(weight_img[ry, rx]) ** 1.5  # ease out: the far band barely moves
 
     # ---- hidden surfaces of the face and eyes, and the mouth interior
+    pixel_means = _surface_points(rest_mesh, head.triangles, tri, bary)
     fill_binding, fill_colors = _hidden_fill(
-        head, rest_mesh, frags, tri_region, pixel_binding, pixel_colors, hit
+        head, rest_mesh, frames, frags, tri_region, pixel_means, pixel_colors, hit
     )
     skin = (
         float(pixel_colors[torch.from_numpy(hit_label[ys, xs] == _REGION_ID["face"])].mean())
         if len(ys)
         else REFERENCE_SKIN
     )
-    mouth_binding, mouth_colors = _mouth_interior(head, rest_mesh, skin / REFERENCE_SKIN)
+    mouth_binding, mouth_colors = _mouth_interior(head, rest_mesh, frames, skin / REFERENCE_SKIN)
 
     binding = MeshBinding.concatenate([pixel_binding, fill_binding, mouth_binding])
     colors = torch.cat([pixel_colors, fill_colors, mouth_colors]).float()
@@ -420,57 +429,59 @@ def _unproject(x: np.ndarray, y: np.ndarray, depth: np.ndarray, camera: Camera) 
     return torch.from_numpy(world).float()
 
 
-def _triangle_centroids(mesh: Tensor, triangles: Tensor) -> Tensor:
-    return mesh[triangles].mean(dim=1)
+def _surface_points(mesh: Tensor, triangles: Tensor, tri: Tensor, bary: Tensor) -> Tensor:
+    """Points [N, 3] at barycentric coordinates [N, 3] on triangles [N] of a mesh [V, 3]."""
+    return (bary[:, :, None] * mesh[triangles[tri]]).sum(1)
 
 
-def _hidden_fill(head, rest_mesh, frags, tri_region, pixel_binding, pixel_colors, hit):
+def _hidden_fill(head, rest_mesh, frames, frags, tri_region, pixel_means, pixel_colors, hit):
     """One Gaussian per face/eye triangle that no pixel sees, a little behind the surface, coloured
     by the nearest visible pixel."""
     seen = np.zeros(len(head.triangles), bool)
     seen[np.unique(frags.triangle[hit])] = True
     candidates = np.nonzero(~seen & np.isin(tri_region, [_REGION_ID["face"], _REGION_ID["eyes"]]))[0]
     tri = torch.from_numpy(candidates)
-    frames, size = triangle_frames(rest_mesh, head.triangles)
-    centroids = _triangle_centroids(rest_mesh, head.triangles[tri])
-    # Nearest visible pixel Gaussian (their rest positions) gives the colour.
-    pix_means, _, _ = pixel_binding.pose(rest_mesh, head.triangles)
-    tree = cKDTree(pix_means.numpy())
-    _, idx = tree.query(centroids.numpy())
+    frame, size = frames
+    centroids = rest_mesh[head.triangles[tri]].mean(dim=1)
+    _, idx = cKDTree(pixel_means.numpy()).query(centroids.numpy())
     colors = pixel_colors[torch.from_numpy(idx)]
     k = size[tri]
-    n = len(tri)
-    bary = torch.full((n, 3), 1.0 / 3.0)
-    rotation = matrix_to_quaternion(frames[tri])
+    bary = torch.full((len(tri), 3), 1.0 / 3.0)
     scales = torch.stack([0.6 * k, 0.6 * k, 0.1 * k], -1)
-    binding = MeshBinding.from_world(rest_mesh, head.triangles, tri, bary, -0.3 * k, rotation, scales)
+    binding = MeshBinding.from_world(
+        rest_mesh, head.triangles, tri, bary, -0.3 * k, matrix_to_quaternion(frame[tri]), scales, frames
+    )
     return binding, colors.float()
 
 
-def _mouth_interior(head, rest_mesh, brightness: float):
+def _mouth_interior(head, rest_mesh, frames, brightness: float):
     """Gaussians on ICT's teeth, gums/tongue and mouth socket, one per triangle, coloured per part."""
-    parts = []
-    frames, size = triangle_frames(rest_mesh, head.triangles)
-    for name, rgb in (
-        ("teeth", TEETH_RGB),
-        ("gums_and_tongue", GUMS_TONGUE_RGB),
-        ("mouth_socket", MOUTH_SOCKET_RGB),
-    ):
-        tri = head.region_triangles(name)
-        k = size[tri]
-        n = len(tri)
-        binding = MeshBinding.from_world(
-            rest_mesh,
-            head.triangles,
-            tri,
-            torch.full((n, 3), 1.0 / 3.0),
-            torch.zeros(n),
-            matrix_to_quaternion(frames[tri]),
-            torch.stack([0.7 * k, 0.7 * k, 0.15 * k], -1),
-        )
-        colour = torch.tensor(rgb).clamp(0, 1) * min(max(brightness, 0.3), 1.6)
-        parts.append((binding, colour.clamp(0, 1).expand(n, 3)))
-    return MeshBinding.concatenate([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    frame, size = frames
+    tri = torch.cat([head.region_triangles(n) for n in ("teeth", "gums_and_tongue", "mouth_socket")])
+    colours = torch.cat(
+        [
+            torch.tensor(rgb).expand(len(head.region_triangles(n)), 3)
+            for n, rgb in (
+                ("teeth", TEETH_RGB),
+                ("gums_and_tongue", GUMS_TONGUE_RGB),
+                ("mouth_socket", MOUTH_SOCKET_RGB),
+            )
+        ]
+    )
+    # Teeth and gums are lit like the face, but less than linearly: a dim photo still has light teeth.
+    colours = (colours * float(np.clip(brightness, 0.3, 1.6)) ** 0.5).clamp(0, 1)
+    k = size[tri]
+    binding = MeshBinding.from_world(
+        rest_mesh,
+        head.triangles,
+        tri,
+        torch.full((len(tri), 3), 1.0 / 3.0),
+        torch.zeros(len(tri)),
+        matrix_to_quaternion(frame[tri]),
+        torch.stack([0.7 * k, 0.7 * k, 0.15 * k], -1),
+        frames,
+    )
+    return binding, colours.float()
 
 
 def _refine_colours(avatar: PortraitAvatar, crop: np.ndarray, n_pixels: int, steps: int) -> None:
