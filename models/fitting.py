@@ -1,0 +1,718 @@
+"""Fit the ICT-FaceKit head to MediaPipe face-mesh landmarks: identity, expression, head pose, focal length.
+
+Camera (used everywhere in headsplat, see `project`): a pinhole with the principal point at the image
+centre in OpenCV's convention (x right, y down, z forward). The head model's world is y up with the face
+looking along +z, so the camera sits at the world origin looking down −z: camera coordinates are
+(x, −y, −z) of world coordinates (a 180° turn about x), and a head in front of the camera has a negative
+world z (about −50 cm for a portrait). A posed head is `HeadModel.vertices(identity, expression,
+rotation, translation)`; its pixels are `project(vertices, camera)`.
+
+The fit uses only the 468 correspondence points (`weights/ict_mediapipe_correspondence.npz`, a fixed
+MediaPipe-landmark → ICT triangle + barycentric map) and a Levenberg–Marquardt solver with analytic
+Jacobians in numpy (fast enough for video: a warm-started tracking step is a few milliseconds).
+Expression weights stay in [0, 1] (projected steps with an active set); identity and expression have
+Gaussian priors; MediaPipe's relative depth (z) adds a weak depth term.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from models.errors import HeadsplatError
+from models.head_model import HeadModel
+from models.latent import EXPRESSION_INDEX, NUM_EXPRESSIONS, Identity
+from models.transforms import euler_to_matrix, matrix_to_euler
+
+CORRESPONDENCE = Path(__file__).resolve().parents[1] / "weights" / "ict_mediapipe_correspondence.npz"
+#: Camera coordinates = world coordinates times this (a 180° rotation about x).
+WORLD_TO_CAMERA = (1.0, -1.0, -1.0)
+RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 33, 263
+_LIP_AND_EYE_CONTOURS = (
+    61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 185, 40, 39, 37, 0, 267, 269, 270, 409,
+    78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 191, 80, 81, 82, 13, 312, 311, 310, 415,
+    33, 7, 163, 144, 145, 153, 154, 155, 133, 246, 161, 160, 159, 158, 157, 173,
+    263, 249, 390, 373, 374, 380, 381, 382, 362, 466, 388, 387, 386, 385, 384, 398,
+)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------
+# Camera
+@dataclass
+class Camera:
+    """Pinhole camera, principal point at the image centre, OpenCV axes (see the module docstring)."""
+
+    focal_px: float  # focal length in pixels
+    width: int  # image width in pixels
+    height: int  # image height in pixels
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        """Principal point (cx, cy) in pixels: the image centre (pixel centres at integer coordinates)."""
+        return (self.width - 1) / 2.0, (self.height - 1) / 2.0
+
+    def intrinsics(self) -> np.ndarray:
+        """3×3 OpenCV camera matrix K."""
+        cx, cy = self.centre
+        return np.array([[self.focal_px, 0, cx], [0, self.focal_px, cy], [0, 0, 1]], np.float64)
+
+    @staticmethod
+    def default_focal(width: int, height: int) -> float:
+        """A prior focal length (pixels) when none is known: a ~50 mm-equivalent lens (1.2 × the longer side)."""
+        return 1.2 * max(width, height)
+
+
+def world_to_camera(vertices):  # [..., 3] world cm → [..., 3] camera cm (numpy or torch)
+    """OpenCV camera coordinates (x right, y down, z forward) of head-world points."""
+    return (
+        vertices * vertices.new_tensor(WORLD_TO_CAMERA)
+        if isinstance(vertices, Tensor)
+        else (np.asarray(vertices) * np.asarray(WORLD_TO_CAMERA, dtype=np.asarray(vertices).dtype))
+    )
+
+
+def project(vertices, camera: Camera):  # vertices: [..., V, 3] world cm → [..., V, 2] pixels
+    """Image pixels (x right, y down) of head-world points: u = f·x/z + cx, v = f·y/z + cy in camera axes.
+
+    Camera axes are (x, −y, −z) of world axes; works on torch tensors and numpy arrays alike.
+    """
+    cam = world_to_camera(vertices)
+    cx, cy = camera.centre
+    depth = cam[..., 2:3]
+    if isinstance(cam, Tensor):
+        depth = depth.clamp_min(1e-6)
+        offset = cam.new_tensor([cx, cy])
+    else:
+        depth = np.maximum(depth, 1e-6)
+        offset = np.asarray([cx, cy], cam.dtype)
+    return camera.focal_px * cam[..., :2] / depth + offset
+
+
+def compose_pose(rest_rotation, rest_translation, rotation, translation) -> tuple[np.ndarray, np.ndarray]:
+    """Absolute head pose from a rest pose and a relative one: R = R_rest · R_rel, t = t_rest + t_rel.
+
+    Shapes: rest [3], relative [..., 3] (radians, cm); returns absolute [..., 3] pairs. The relative
+    rotation turns the head about its own axes (a nod stays a nod on a turned head).
+    """
+    rest = euler_to_matrix(torch.as_tensor(np.asarray(rest_rotation, np.float64)))
+    rel = euler_to_matrix(torch.as_tensor(np.asarray(rotation, np.float64)))
+    absolute = matrix_to_euler(rest @ rel).numpy()
+    return absolute.astype(np.float32), (np.asarray(rest_translation) + np.asarray(translation)).astype(
+        np.float32
+    )
+
+
+def relative_pose(rest_rotation, rest_translation, rotation, translation) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of `compose_pose`: the pose [..., 3] relative to a rest pose [3]."""
+    rest = euler_to_matrix(torch.as_tensor(np.asarray(rest_rotation, np.float64)))
+    absolute = euler_to_matrix(torch.as_tensor(np.asarray(rotation, np.float64)))
+    rel = matrix_to_euler(rest.transpose(-1, -2) @ absolute).numpy()
+    return rel.astype(np.float32), (np.asarray(translation) - np.asarray(rest_translation)).astype(np.float32)
+
+
+_BLAS = None
+
+
+def _single_threaded_blas():
+    """Context limiting BLAS to one thread: the solver's matrices are tiny and threading only adds
+    spin-waits (4× slower on a busy 2-core machine). A no-op without threadpoolctl."""
+    global _BLAS
+    if _BLAS is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS = ThreadpoolController()
+        except ImportError:
+            _BLAS = False
+    return _BLAS.limit(limits=1, user_api="blas") if _BLAS else contextlib.nullcontext()
+
+
+# ------------------------------------------------------------------------------------------------
+# Results and settings
+@dataclass
+class FaceFit:
+    """The head fitted to one image: ICT parameters, pose in the world and the camera."""
+
+    identity: np.ndarray  # [K] ICT identity coefficients
+    expression: np.ndarray  # [53] weights in [0, 1]
+    rotation: np.ndarray  # [3] pitch, yaw, roll (radians), absolute
+    translation: np.ndarray  # [3] cm, world (head about −50 cm along z in front of the camera)
+    focal_px: float  # focal length in pixels
+    image_size: tuple[int, int]  # (width, height)
+    error_px: float = 0.0  # mean 2D distance between observed and fitted landmarks (pixels)
+    inter_ocular_px: float = 0.0  # observed outer-eye-corner distance (pixels), the error's scale
+
+    @property
+    def camera(self) -> Camera:
+        return Camera(self.focal_px, *self.image_size)
+
+    @property
+    def relative_error(self) -> float:
+        """Mean landmark error as a fraction of the inter-ocular distance."""
+        return self.error_px / max(self.inter_ocular_px, 1e-9)
+
+    def to_identity(self) -> Identity:
+        """The identity latent, with this fit as its rest pose and camera."""
+        return Identity(self.identity, self.rotation, self.translation, self.focal_px, self.image_size)
+
+
+@dataclass
+class FitConfig:
+    """Settings of `FaceFitter`."""
+
+    num_identity: int = 40
+    """Identity modes to fit (≤ 50); the rest stay 0."""
+    landmark_noise: float = 0.02
+    """Expected landmark error as a fraction of the inter-ocular distance (MediaPipe on real photos: 1–2%).
+    Residuals are divided by it, so the priors below are in natural units (a MAP estimate)."""
+    identity_prior: float = 1.0
+    """Weight of ‖identity‖² (modes are ~N(0, 1), so 1 is the Gaussian prior)."""
+    expression_prior: float = 1.0
+    """Weight of ‖expression‖² (keeps shapes the landmarks barely see near 0)."""
+    expression_sparsity: float = 3.0
+    """Weight of Σ expression (an L1 prior: prefers few active shapes over many small, cancelling ones)."""
+    focal_prior: float = 10.0
+    """Weight of (log f − log f_prior)²: focal length is weakly observable from one face."""
+    depth_weight: float = 0.3
+    """Weight of MediaPipe's relative depth (z) against the 2D landmarks (0 disables it)."""
+    contour_weight: float = 2.0
+    """Extra weight of lip and eyelid contour points (they carry mouth and blink)."""
+    fit_gaze: bool = False
+    """Fit the eyeLook* shapes; off by default: the 468-point mesh has no iris, so gaze is unobservable
+    and those shapes would only trade off against blinks."""
+    iterations: int = 30
+    """Levenberg–Marquardt iterations of a full single-image fit."""
+    tracking_iterations: int = 4
+    """Iterations per video frame when warm-started from the previous one (identity fixed)."""
+
+
+@dataclass
+class _Frame:
+    """Observations and per-frame unknowns of one image inside the solver."""
+
+    uv: np.ndarray  # [M, 2] observed pixels of the correspondence points
+    depth: np.ndarray | None  # [M] observed relative depth (pixels), or None
+    scale: float  # inter-ocular distance in pixels, the residual unit
+    params: np.ndarray = field(
+        default_factory=lambda: np.zeros(NUM_EXPRESSIONS + 6)
+    )  # w, rotation, translation
+    px_per_cm: float = 0.0  # depth scale (focal / distance), held fixed during one solve so the cost is exact
+
+
+def _euler_derivatives(angles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """R = Ry(yaw) Rx(pitch) Rz(roll) [3, 3] and its derivatives [3 (pitch, yaw, roll), 3, 3]."""
+    pitch, yaw, roll = angles
+    cp, sp, cy, sy, cr, sr = (
+        math.cos(pitch),
+        math.sin(pitch),
+        math.cos(yaw),
+        math.sin(yaw),
+        math.cos(roll),
+        math.sin(roll),
+    )
+    rx = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]])
+    drx = np.array([[0, 0, 0], [0, -sp, -cp], [0, cp, -sp]])
+    dry = np.array([[-sy, 0, cy], [0, 0, 0], [-cy, 0, -sy]])
+    drz = np.array([[-sr, -cr, 0], [cr, -sr, 0], [0, 0, 0]])
+    return ry @ rx @ rz, np.stack([ry @ drx @ rz, dry @ rx @ rz, ry @ rx @ drz])
+
+
+class FaceFitter:
+    """Fits ICT identity/expression/pose/focal to MediaPipe landmarks (numpy; analytic Jacobians)."""
+
+    def __init__(
+        self, config: FitConfig | None = None, head: HeadModel | None = None, correspondence=CORRESPONDENCE
+    ):
+        self.config = config or FitConfig()
+        k = self.config.num_identity
+        head = head or HeadModel(num_identity=max(k, 1))
+        if k > head.num_identity:
+            raise HeadsplatError(f"asked to fit {k} identity modes; the head model has {head.num_identity}")
+        try:
+            with np.load(correspondence) as data:
+                self.landmark_index = data["mediapipe_index"].astype(np.int64)  # [M] into the 468
+                triangle = data["triangle"].astype(np.int64)  # [M, 3] ICT vertices
+                bary = data["barycentric"].astype(np.float64)  # [M, 3]
+        except FileNotFoundError as err:
+            raise HeadsplatError(
+                f"correspondence file missing: {correspondence}; run python weights/build_correspondence.py"
+            ) from err
+        self.triangle, self.barycentric = triangle, bary
+        self.pivot = head.pivot.numpy().astype(np.float64)
+
+        def at_points(flat: Tensor, count: int) -> np.ndarray:  # [count, V*3] → [count, M, 3]
+            verts = flat.reshape(count, -1, 3)[:, triangle].double().numpy()  # [count, M, 3, 3]
+            return np.einsum("nmkc,mk->nmc", verts, bary)
+
+        self.neutral = at_points(head.neutral.reshape(1, -1), 1)[0]  # [M, 3]
+        self.expression_basis = at_points(head.expression_basis, NUM_EXPRESSIONS)  # [53, M, 3]
+        self.identity_basis = at_points(head.identity_basis[:k], k) if k else np.zeros((0, len(triangle), 3))
+        # Point-major copies [M, 3, n] so per-point Jacobians are batched matrix products.
+        self._expression_by_point = np.ascontiguousarray(self.expression_basis.transpose(1, 2, 0))
+        self._identity_by_point = np.ascontiguousarray(self.identity_basis.transpose(1, 2, 0))
+        self._expression_flat = self.expression_basis.reshape(NUM_EXPRESSIONS, -1)
+        self._identity_flat = self.identity_basis.reshape(k, 3 * len(triangle))
+        self.num_identity = k
+        self.num_points = len(self.landmark_index)
+        weights = np.ones(self.num_points)
+        weights[np.isin(self.landmark_index, _LIP_AND_EYE_CONTOURS)] = self.config.contour_weight
+        self.point_weight = weights
+        # Per-frame parameters the solver may move (expression weights, then 3 rotation, 3 translation).
+        self.frame_free = np.ones(NUM_EXPRESSIONS + 6, bool)
+        if not self.config.fit_gaze:
+            for name, i in EXPRESSION_INDEX.items():
+                if name.startswith("eyeLook"):
+                    self.frame_free[i] = False
+        self._eye_rows = (
+            int(np.nonzero(self.landmark_index == RIGHT_EYE_OUTER)[0][0]),
+            int(np.nonzero(self.landmark_index == LEFT_EYE_OUTER)[0][0]),
+        )
+
+    # --------------------------------------------------------------------------------------------
+    def points(self, identity: np.ndarray, expression: np.ndarray, rotation, translation) -> np.ndarray:
+        """World positions [M, 3] (cm) of the correspondence points for one set of parameters."""
+        shape = self._shape(
+            np.asarray(identity, np.float64)[: self.num_identity], np.asarray(expression, np.float64)
+        )
+        rot, _ = _euler_derivatives(np.asarray(rotation, np.float64))
+        return (shape - self.pivot) @ rot.T + self.pivot + np.asarray(translation, np.float64)
+
+    def points_from_params(self, params: np.ndarray, shared: np.ndarray) -> np.ndarray:
+        """World points [M, 3] from solver vectors (per-frame [59], shared [K+1])."""
+        return self.points(
+            shared[: self.num_identity], params[:NUM_EXPRESSIONS], params[53:56], params[56:59]
+        )
+
+    def project_fit(self, fit: FaceFit) -> np.ndarray:
+        """Pixels [M, 2] of the fitted correspondence points (rows match `landmark_index`)."""
+        return project(self.points(fit.identity, fit.expression, fit.rotation, fit.translation), fit.camera)
+
+    def _shape(self, identity: np.ndarray, expression: np.ndarray) -> np.ndarray:
+        offsets = expression @ self._expression_flat
+        if len(identity):
+            offsets = offsets + identity[: self.num_identity] @ self._identity_flat[: len(identity)]
+        return self.neutral + offsets.reshape(-1, 3)
+
+    def _observe(self, landmarks: np.ndarray) -> _Frame:
+        landmarks = np.asarray(landmarks, np.float64)
+        if landmarks.ndim != 2 or landmarks.shape[0] != 468 or landmarks.shape[1] not in (2, 3):
+            raise HeadsplatError(f"fitting needs MediaPipe landmarks [468, 2|3]; got {list(landmarks.shape)}")
+        if not np.all(np.isfinite(landmarks)):
+            raise HeadsplatError("landmarks contain NaN or infinite values")
+        pts = landmarks[self.landmark_index]
+        scale = float(np.linalg.norm(landmarks[RIGHT_EYE_OUTER, :2] - landmarks[LEFT_EYE_OUTER, :2]))
+        if scale < 1e-3:
+            raise HeadsplatError("landmarks are degenerate (both eye corners at one point)")
+        depth = pts[:, 2] if landmarks.shape[1] == 3 and self.config.depth_weight > 0 else None
+        return _Frame(pts[:, :2].copy(), depth, scale)
+
+    # --------------------------------------------------------------------------------------------
+    def _residuals(self, frame: _Frame, shared: np.ndarray, size, want_jacobian: bool):
+        """Weighted residuals [R] of one frame and, optionally, Jacobians wrt its own [R, 59] and shared [R, K+1] parameters."""
+        k = self.num_identity
+        w, rot_angles, trans = frame.params[:NUM_EXPRESSIONS], frame.params[53:56], frame.params[56:59]
+        identity, focal = shared[:k], math.exp(shared[k])
+        cx, cy = (size[0] - 1) / 2.0, (size[1] - 1) / 2.0
+        q = self._shape(identity, w) - self.pivot  # [M, 3]
+        rot, drot = _euler_derivatives(rot_angles)
+        world = q @ rot.T + self.pivot + trans
+        cam = world * WORLD_TO_CAMERA
+        z = np.maximum(cam[:, 2], 1e-3)
+        uv = focal * cam[:, :2] / z[:, None] + (cx, cy)
+        unit = frame.scale * self.config.landmark_noise  # pixels of one expected landmark error
+        sw = np.sqrt(self.point_weight) / unit  # [M]
+        res = [((uv - frame.uv) * sw[:, None]).reshape(-1)]
+        depth_w = 0.0
+        if frame.depth is not None:
+            # MediaPipe z is depth in pixels at the face's distance: compare centred depths.
+            depth_w = math.sqrt(self.config.depth_weight) / unit
+            px_per_cm = frame.px_per_cm or focal / float(z.mean())
+            pred = px_per_cm * (cam[:, 2] - cam[:, 2].mean())
+            obs = frame.depth - frame.depth.mean()
+            res.append((pred - obs) * depth_w)
+        residual = np.concatenate(res)
+        if not want_jacobian:
+            return residual, uv
+        m = self.num_points
+        # d(u, v)/d(world point): camera Jacobian times the world→camera axis flip.
+        duv = np.zeros((m, 2, 3))
+        duv[:, 0, 0] = focal / z
+        duv[:, 1, 1] = focal / z
+        duv[:, 0, 2] = -focal * cam[:, 0] / z**2
+        duv[:, 1, 2] = -focal * cam[:, 1] / z**2
+        duv *= WORLD_TO_CAMERA
+        duv *= sw[:, None, None]
+        dshape = duv @ rot  # d(u, v)/d(unposed shape point)  [M, 2, 3]
+        j_frame = np.empty((m, 2, NUM_EXPRESSIONS + 6))
+        j_frame[:, :, :NUM_EXPRESSIONS] = dshape @ self._expression_by_point
+        j_frame[:, :, 53:56] = duv @ (q @ drot.transpose(0, 2, 1)).transpose(1, 2, 0)
+        j_frame[:, :, 56:59] = duv
+        j_shared = np.empty((m, 2, k + 1))
+        if k:
+            j_shared[:, :, :k] = dshape @ self._identity_by_point
+        j_shared[:, :, k] = (uv - (cx, cy)) * sw[:, None]
+        j_frame, j_shared = j_frame.reshape(2 * m, -1), j_shared.reshape(2 * m, -1)
+        if frame.depth is not None:
+            # d(camera z)/d(world) = −e_z; the px-per-cm factor is held fixed within a step.
+            dz_shape = -rot[2] * px_per_cm * depth_w  # [3] per unposed point
+            jz_frame = np.empty((m, NUM_EXPRESSIONS + 6))
+            jz_frame[:, :NUM_EXPRESSIONS] = dz_shape @ self._expression_by_point
+            jz_frame[:, 53:56] = -(q @ drot.transpose(0, 2, 1))[:, :, 2].T * px_per_cm * depth_w
+            jz_frame[:, 56:59] = np.array([0.0, 0.0, -px_per_cm * depth_w])
+            jz_shared = np.zeros((m, k + 1))
+            if k:
+                jz_shared[:, :k] = dz_shape @ self._identity_by_point
+            jz_shared[:, k] = 0.0  # px_per_cm is a constant of the solve
+            jz_frame -= jz_frame.mean(0)
+            jz_shared -= jz_shared.mean(0)
+            j_frame = np.concatenate([j_frame, jz_frame])
+            j_shared = np.concatenate([j_shared, jz_shared])
+        return residual, uv, j_frame, j_shared
+
+    def _prior_cost(self, frames: list[_Frame], shared: np.ndarray, focal_prior: float) -> float:
+        cfg = self.config
+        k = self.num_identity
+        cost = cfg.identity_prior * float(shared[:k] @ shared[:k])
+        cost += cfg.focal_prior * (shared[k] - math.log(focal_prior)) ** 2
+        for f in frames:
+            w = f.params[:NUM_EXPRESSIONS]
+            cost += cfg.expression_prior * float(w @ w) + cfg.expression_sparsity * float(w.sum())
+        return cost
+
+    def _cost(self, frames, shared, size, focal_prior) -> float:
+        data = sum(float(r @ r) for r in (self._residuals(f, shared, size, False)[0] for f in frames))
+        return data + self._prior_cost(frames, shared, focal_prior)
+
+    def _solve(
+        self,
+        frames: list[_Frame],
+        shared: np.ndarray,
+        size: tuple[int, int],
+        focal_prior: float,
+        iterations: int,
+        free_frame: np.ndarray,  # [59] bool: which per-frame parameters move
+        free_shared: np.ndarray,  # [K+1] bool
+    ) -> np.ndarray:
+        """Levenberg–Marquardt over all frames jointly (block normal equations); updates frames in place."""
+        cfg = self.config
+        k = self.num_identity
+        nf, ns = NUM_EXPRESSIONS + 6, k + 1
+        n_total = len(frames) * nf + ns
+        damping = 1e-3
+        for _ in range(iterations):
+            # The depth term's pixels-per-cm follows the current focal length and distance; it is held
+            # fixed within an iteration so that the cost being compared is exact.
+            for f in frames:
+                depth = (self.points_from_params(f.params, shared) * WORLD_TO_CAMERA)[:, 2].mean()
+                f.px_per_cm = math.exp(shared[k]) / max(float(depth), 1e-3)
+            cost = self._cost(frames, shared, size, focal_prior)
+            hess = np.zeros((n_total, n_total))
+            grad = np.zeros(n_total)
+            sh = slice(len(frames) * nf, n_total)
+            for i, f in enumerate(frames):
+                r, _, jf, js = self._residuals(f, shared, size, True)
+                fs = slice(i * nf, (i + 1) * nf)
+                hess[fs, fs] = jf.T @ jf
+                hess[fs, sh] = jf.T @ js
+                hess[sh, fs] = hess[fs, sh].T
+                hess[sh, sh] += js.T @ js
+                grad[fs] = jf.T @ r
+                grad[sh] += js.T @ r
+                w = f.params[:NUM_EXPRESSIONS]
+                idx = np.arange(i * nf, i * nf + NUM_EXPRESSIONS)
+                hess[idx, idx] += cfg.expression_prior
+                grad[idx] += cfg.expression_prior * w + 0.5 * cfg.expression_sparsity
+            idk = np.arange(len(frames) * nf, len(frames) * nf + k)
+            hess[idk, idk] += cfg.identity_prior
+            grad[idk] += cfg.identity_prior * shared[:k]
+            hess[n_total - 1, n_total - 1] += cfg.focal_prior
+            grad[n_total - 1] += cfg.focal_prior * (shared[k] - math.log(focal_prior))
+            # Active set: expression weights at a bound whose gradient pushes outwards stay put.
+            free = np.concatenate([np.tile(free_frame, len(frames)), free_shared])
+            for i, f in enumerate(frames):
+                w = f.params[:NUM_EXPRESSIONS]
+                g = grad[i * nf : i * nf + NUM_EXPRESSIONS]
+                blocked = ((w <= 0) & (g > 0)) | ((w >= 1) & (g < 0))
+                free[i * nf : i * nf + NUM_EXPRESSIONS] &= ~blocked
+            # Bounds of every parameter: expression weights in [0, 1], the rest unbounded.
+            current = np.concatenate([*(f.params for f in frames), shared])
+            lower = np.full(n_total, -np.inf)
+            upper = np.full(n_total, np.inf)
+            for i in range(len(frames)):
+                lower[i * nf : i * nf + NUM_EXPRESSIONS] = 0.0
+                upper[i * nf : i * nf + NUM_EXPRESSIONS] = 1.0
+            diag = np.diag(hess).copy()
+            improved = False
+            for _attempt in range(6):
+                damped = hess + damping * np.diag(diag + 1e-6)
+                full = self._bounded_step(damped, grad, free, current, lower, upper)
+                old = [f.params.copy() for f in frames], shared.copy()
+                for i, f in enumerate(frames):
+                    f.params = f.params + full[i * nf : (i + 1) * nf]
+                    f.params[:NUM_EXPRESSIONS] = np.clip(f.params[:NUM_EXPRESSIONS], 0.0, 1.0)
+                shared = shared + full[sh]
+                new_cost = self._cost(frames, shared, size, focal_prior)
+                if new_cost < cost:
+                    improved = cost - new_cost > 1e-6 * cost
+                    cost = new_cost
+                    damping = max(damping / 3, 1e-7)
+                    break
+                for f, p in zip(frames, old[0]):
+                    f.params = p
+                shared = old[1]
+                damping *= 10
+            if not improved:
+                break
+        return shared
+
+    @staticmethod
+    def _bounded_step(hess, grad, free, current, lower, upper) -> np.ndarray:
+        """Newton step of the quadratic model within box bounds (active set: clamp violators, re-solve)."""
+        step = np.zeros(len(grad))
+        free = free.copy()
+        for _ in range(8):
+            idx = np.nonzero(free)[0]
+            fixed = np.nonzero(~free)[0]
+            rhs = -grad[idx] - hess[np.ix_(idx, fixed)] @ step[fixed]
+            step[idx] = np.linalg.solve(hess[np.ix_(idx, idx)], rhs)
+            target = current[idx] + step[idx]
+            low, high = target < lower[idx], target > upper[idx]
+            if not (low.any() or high.any()):
+                break
+            step[idx[low]] = lower[idx[low]] - current[idx[low]]
+            step[idx[high]] = upper[idx[high]] - current[idx[high]]
+            free[idx[low | high]] = False
+        return step
+
+    # --------------------------------------------------------------------------------------------
+    def _initial_pose(self, frame: _Frame, focal: float, size) -> None:
+        """Pose from PnP on the mean face (OpenCV SQPnP), turned into head-model angles and translation."""
+        import cv2
+
+        camera = Camera(focal, *size)
+        model = self.neutral
+        ok, rvec, tvec = cv2.solvePnP(
+            model.astype(np.float64),
+            frame.uv.astype(np.float64),
+            camera.intrinsics(),
+            None,
+            flags=cv2.SOLVEPNP_SQPNP,
+        )
+        flip = np.diag(WORLD_TO_CAMERA)
+        if ok and tvec[2, 0] > 0:
+            rc, _ = cv2.Rodrigues(rvec)
+            rot = flip @ rc  # camera = flip · world and camera = Rc · model + tc
+            trans = flip @ tvec[:, 0] + rot @ self.pivot - self.pivot
+            angles = matrix_to_euler(torch.from_numpy(rot)).numpy()
+        else:  # fall back to a frontal head at the distance the eye span implies
+            eye_cm = float(np.linalg.norm(model[self._eye_rows[0]] - model[self._eye_rows[1]]))
+            depth = focal * eye_cm / frame.scale
+            centre = (frame.uv.mean(0) - camera.centre) * depth / focal
+            angles = np.zeros(3)
+            trans = np.array([centre[0], -centre[1], -depth]) - self.neutral.mean(0)
+        frame.params = np.concatenate([np.zeros(NUM_EXPRESSIONS), angles, trans])
+
+    def fit_frames(
+        self,
+        landmarks: list[np.ndarray],  # F × [468, 3] (or [468, 2]) pixels
+        image_size: tuple[int, int],  # (width, height)
+        focal_px: float | None = None,
+        fit_focal: bool = True,
+    ) -> list[FaceFit]:
+        """One identity and focal length shared by several images of a face, with per-image pose and expression."""
+        if not landmarks:
+            raise HeadsplatError("no landmarks to fit")
+        size = (int(image_size[0]), int(image_size[1]))
+        prior = float(focal_px) if focal_px else Camera.default_focal(*size)
+        with _single_threaded_blas():
+            return self._fit_frames(landmarks, size, prior, fit_focal)
+
+    def _fit_frames(self, landmarks, size, prior, fit_focal) -> list[FaceFit]:
+        frames = [self._observe(lm) for lm in landmarks]
+        k = self.num_identity
+        shared = np.zeros(k + 1)
+        shared[k] = math.log(prior)
+        for f in frames:
+            self._initial_pose(f, prior, size)
+        pose_only = np.zeros(NUM_EXPRESSIONS + 6, bool)
+        pose_only[53:] = True
+        no_shared = np.zeros(k + 1, bool)
+        shared = self._solve(frames, shared, size, prior, 8, pose_only, no_shared)
+        all_shared = np.ones(k + 1, bool)
+        all_shared[k] = fit_focal
+        shared = self._solve(frames, shared, size, prior, self.config.iterations, self.frame_free, all_shared)
+        return [self._result(f, shared, size) for f in frames]
+
+    def fit_image(
+        self,
+        landmarks: np.ndarray,
+        image_size: tuple[int, int],
+        focal_px: float | None = None,
+        fit_focal: bool = True,
+    ) -> FaceFit:
+        """Identity, expression, pose and focal length from one image's landmarks [468, 3] (pixels)."""
+        return self.fit_frames([landmarks], image_size, focal_px, fit_focal)[0]
+
+    def track(self, landmarks: np.ndarray, previous: FaceFit, iterations: int | None = None) -> FaceFit:
+        """Expression and pose of a new frame, warm-started from `previous` with its identity and focal fixed."""
+        with _single_threaded_blas():
+            return self._track(landmarks, previous, iterations)
+
+    def _track(self, landmarks, previous: FaceFit, iterations) -> FaceFit:
+        frame = self._observe(landmarks)
+        frame.params = np.concatenate([previous.expression, previous.rotation, previous.translation]).astype(
+            np.float64
+        )
+        shared = np.concatenate(
+            [np.asarray(previous.identity, np.float64)[: self.num_identity], [math.log(previous.focal_px)]]
+        )
+        if len(shared) < self.num_identity + 1:  # an identity with fewer modes than the fitter uses
+            shared = np.concatenate([shared[:-1], np.zeros(self.num_identity + 1 - len(shared)), shared[-1:]])
+        shared = self._solve(
+            [frame],
+            shared,
+            previous.image_size,
+            previous.focal_px,
+            iterations or self.config.tracking_iterations,
+            self.frame_free,
+            np.zeros(self.num_identity + 1, bool),
+        )
+        return self._result(frame, shared, previous.image_size)
+
+    def start_track(self, identity: Identity, landmarks: np.ndarray, image_size: tuple[int, int]) -> FaceFit:
+        """First frame of a video with a known identity (and its focal length, or the default): pose + expression."""
+        size = (int(image_size[0]), int(image_size[1]))
+        focal = identity.focal_px if identity.focal_px > 0 else Camera.default_focal(*size)
+        frame = self._observe(landmarks)
+        coeffs = np.zeros(self.num_identity)
+        n = min(self.num_identity, len(identity.coefficients))
+        coeffs[:n] = identity.coefficients[:n]
+        shared = np.concatenate([coeffs, [math.log(focal)]])
+        self._initial_pose(frame, focal, size)
+        with _single_threaded_blas():
+            shared = self._solve(
+                [frame],
+                shared,
+                size,
+                focal,
+                self.config.iterations,
+                self.frame_free,
+                np.zeros(len(shared), bool),
+            )
+        return self._result(frame, shared, size)
+
+    def _result(self, frame: _Frame, shared: np.ndarray, size) -> FaceFit:
+        k = self.num_identity
+        _, uv = self._residuals(frame, shared, size, False)
+        error = float(np.linalg.norm(uv - frame.uv, axis=1).mean())
+        return FaceFit(
+            identity=shared[:k].astype(np.float32),
+            expression=frame.params[:NUM_EXPRESSIONS].astype(np.float32),
+            rotation=frame.params[53:56].astype(np.float32),
+            translation=frame.params[56:59].astype(np.float32),
+            focal_px=float(math.exp(shared[k])),
+            image_size=(int(size[0]), int(size[1])),
+            error_px=error,
+            inter_ocular_px=frame.scale,
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# Temporal smoothing
+@dataclass
+class OneEuroFilter:
+    """One Euro filter (Casiez, Roussel, Vogel, CHI 2012): low-pass whose cutoff rises with speed.
+
+    Still signals are smoothed hard (jitter gone), fast ones pass with little lag. Values are filtered
+    element-wise; `min_cutoff` and `d_cutoff` are in Hz, `beta` in Hz per (unit/s) of the signal.
+    """
+
+    min_cutoff: float = 1.5
+    beta: float = 0.5
+    d_cutoff: float = 2.0
+    _value: np.ndarray | None = None
+    _speed: np.ndarray | None = None
+
+    @staticmethod
+    def _alpha(cutoff, dt: float):
+        tau = 1.0 / (2 * math.pi * cutoff)
+        return 1.0 / (1.0 + tau / dt)
+
+    def reset(self) -> None:
+        self._value, self._speed = None, None
+
+    def __call__(self, value: np.ndarray, dt: float) -> np.ndarray:
+        """Filtered value (same shape as `value`); `dt` is the time since the previous sample, seconds."""
+        value = np.asarray(value, np.float64)
+        if self._value is None or self._value.shape != value.shape:
+            self._value, self._speed = value.copy(), np.zeros_like(value)
+            return value.copy()
+        speed = (value - self._value) / dt
+        a_d = self._alpha(self.d_cutoff, dt)
+        self._speed = a_d * speed + (1 - a_d) * self._speed
+        cutoff = self.min_cutoff + self.beta * np.abs(self._speed)
+        a = self._alpha(cutoff, dt)
+        self._value = a * value + (1 - a) * self._value
+        return self._value.copy()
+
+
+def smooth_landmarks(
+    sequence: np.ndarray,  # [T, 468, 3] pixels
+    fps: float,
+    min_cutoff: float = 1.5,
+    beta: float = 0.5,
+    zero_phase: bool = True,
+) -> np.ndarray:
+    """One Euro smoothing of a landmark track in inter-ocular units (so settings fit any face size).
+
+    With `zero_phase`, the filter runs forwards and backwards and the two are averaged, which cancels
+    its lag (offline use); otherwise it is causal (streaming).
+    """
+    seq = np.asarray(sequence, np.float64)
+    if seq.ndim != 3 or seq.shape[1:] != (468, 3):
+        raise HeadsplatError(f"landmark sequence must be [T, 468, 3]; got {list(seq.shape)}")
+    if len(seq) < 2:
+        return seq.copy()
+    iod = np.linalg.norm(seq[:, RIGHT_EYE_OUTER, :2] - seq[:, LEFT_EYE_OUTER, :2], axis=1)
+    unit = float(np.median(iod))
+    dt = 1.0 / fps
+
+    def run(order) -> np.ndarray:
+        filt = OneEuroFilter(min_cutoff, beta)
+        out = np.empty_like(seq)
+        for t in order:
+            out[t] = filt(seq[t] / unit, dt) * unit
+        return out
+
+    forward = run(range(len(seq)))
+    if not zero_phase:
+        return forward
+    return 0.5 * (forward + run(range(len(seq) - 1, -1, -1)))
+
+
+def expression_value(fit: FaceFit, name: str) -> float:
+    """One named expression weight of a fit (ICT name, e.g. 'jawOpen')."""
+    return float(fit.expression[EXPRESSION_INDEX[name]])
+
+
+__all__ = [
+    "Camera",
+    "FaceFit",
+    "FaceFitter",
+    "FitConfig",
+    "OneEuroFilter",
+    "compose_pose",
+    "expression_value",
+    "project",
+    "relative_pose",
+    "smooth_landmarks",
+    "world_to_camera",
+]
