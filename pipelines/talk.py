@@ -260,7 +260,7 @@ def render_frames(
         if crop:
             yield np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
         else:
-            yield paste_back(rgb, avatar.moving_mask, photo, avatar.crop_box, feather_px=feather)
+            yield paste_back(rgb * 255.0, avatar.moving_mask, photo, avatar.crop_box, feather_px=feather)
 
 
 def talk(cfg: TalkConfig, on_frame: Callable[[int, int], None] | None = None) -> Path:
@@ -280,10 +280,10 @@ def talk(cfg: TalkConfig, on_frame: Callable[[int, int], None] | None = None) ->
     device = _device(cfg.device)
     backend = "gsplat" if device == "cuda" else "cpu"
     with tempfile.TemporaryDirectory(prefix="headsplat-") as tmp:
+        photo, avatar = prepare_avatar(cfg)  # the portrait first: a photo without a face fails fast
         motion, audio = make_motion(cfg, Path(tmp))
         if motion.num_frames == 0:
             raise HeadsplatError("the driver is too short to make a single frame")
-        photo, avatar = prepare_avatar(cfg)
         if device == "cuda":
             avatar = avatar.to("cuda")
         if cfg.save_motion:
