@@ -15,7 +15,9 @@ An `Interpreter` is not thread-safe: each `FaceTracker` owns its own.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,7 +135,7 @@ class FaceTrackerConfig:
     """Settings of `FaceTracker`."""
 
     detector: str = "auto"
-    """'short' (faces within ~2 m), 'full' (small/far faces), or 'auto' (short, then full if none found)."""
+    """'short' (faces within ~2 m), 'full' (small/far faces), or 'auto' (both, overlapping boxes merged)."""
     num_threads: int = 2
     """CPU threads per interpreter."""
     min_detection_score: float | None = None
@@ -148,6 +150,24 @@ class FaceTrackerConfig:
     """Folder with the .tflite files; None uses the shipped weights/mediapipe/."""
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Silence file descriptor 2 briefly: the TFLite runtime prints an INFO line from C++ when it sets up
+    its CPU delegate, which would break the CLIs' one-line error messages."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no real stderr (some embedded interpreters): nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _load_interpreter(path: Path, num_threads: int):
     if not path.exists():
         raise HeadsplatError(
@@ -156,7 +176,8 @@ def _load_interpreter(path: Path, num_threads: int):
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
-    interpreter.allocate_tensors()
+    with _native_stderr_silenced():
+        interpreter.allocate_tensors()
     return interpreter
 
 
@@ -278,6 +299,7 @@ class FaceTracker:
         self._mesh_points = next(d["index"] for d in details if int(np.prod(d["shape"])) == NUM_LANDMARKS * 3)
         self._mesh_score = next(d["index"] for d in details if int(np.prod(d["shape"])) == 1)
         self._track: FaceRoi | None = None
+        self._previous_track: FaceRoi | None = None
         self._last_landmarks: FaceLandmarks | None = None
         self.redetections = 0  # how many times `track` had to run the detector
 
@@ -336,11 +358,16 @@ class FaceTracker:
         """All faces in an RGB uint8 image [H, W, 3], largest first (boxes and keypoints in pixels)."""
         image = check_image(image)
         kinds = ("short", "full") if self.config.detector == "auto" else (self.config.detector,)
-        faces: list[FaceDetection] = []
-        for kind in kinds:
-            faces = self._detect_with(image, kind)
-            if faces:
-                break
+        faces = [face for kind in kinds for face in self._detect_with(image, kind)]
+        if len(kinds) > 1 and len(faces) > 1:
+            # The two models find the same near faces: blend their overlapping boxes.
+            merged = _weighted_nms(
+                np.stack([f.box for f in faces]),
+                np.stack([f.keypoints for f in faces]),
+                np.array([f.score for f in faces]),
+                self.config.nms_iou,
+            )
+            faces = [FaceDetection(b.astype(np.float32), k.astype(np.float32), s) for b, k, s in merged]
         faces.sort(key=lambda f: -f.area)
         return faces
 
@@ -363,13 +390,18 @@ class FaceTracker:
         """Run the mesh again on the crop derived from `landmarks` (tighter and better aligned than a detection)."""
         return self.landmarks(image, roi_from_landmarks(landmarks.points, self.config.roi_scale))
 
+    def _landmarks_from_detection(self, image: np.ndarray, detection: FaceDetection) -> FaceLandmarks:
+        marks = self.landmarks(image, roi_from_detection(detection, self.config.roi_scale))
+        # Two passes on landmark-derived crops: the mesh output leans towards its crop's roll, and the
+        # detector's crop is rougher; by the second pass the crop and the landmarks agree (a fixed point,
+        # the same crop video tracking converges to).
+        return self.refine(image, self.refine(image, marks))
+
     def faces(self, image: np.ndarray) -> list[FaceLandmarks]:
         """Landmarks of every face in a still image, largest first; warns about faces under 64 px."""
         out = []
         for detection in self.detect(image):
-            marks = self.landmarks(image, roi_from_detection(detection, self.config.roi_scale))
-            # One pass on the landmark-derived crop, which matches the crops the mesh model was trained on.
-            marks = self.refine(image, marks)
+            marks = self._landmarks_from_detection(image, detection)
             _warn_if_small(marks)
             out.append(marks)
         return out
@@ -378,6 +410,7 @@ class FaceTracker:
     def reset(self) -> None:
         """Forget the current track (the next `track` call runs the detector)."""
         self._track = None
+        self._previous_track = None
         self._last_landmarks = None
 
     def track(self, frame: np.ndarray, face_index: int = 0) -> FaceLandmarks | None:
@@ -388,9 +421,9 @@ class FaceTracker:
         """
         frame = check_image(frame)
         if self._track is not None:
-            marks = self.landmarks(frame, self._track)
+            marks = self.landmarks(frame, self._predicted_roi())
             if marks.presence >= self.config.min_presence:
-                self._track = roi_from_landmarks(marks.points, self.config.roi_scale)
+                self._set_track(roi_from_landmarks(marks.points, self.config.roi_scale))
                 self._last_landmarks = marks
                 return marks
         self.redetections += 1
@@ -408,28 +441,87 @@ class FaceTracker:
                 f"face index {face_index} asked for, but only {len(detections)} face(s) found; "
                 f"use an index below {len(detections)}"
             )
-        marks = self.refine(frame, self.landmarks(frame, roi_from_detection(chosen, self.config.roi_scale)))
+        marks = self._landmarks_from_detection(frame, chosen)
         if marks.presence < self.config.min_presence:
             self._track = None
             return None
         _warn_if_small(marks)
-        self._track = roi_from_landmarks(marks.points, self.config.roi_scale)
+        self._previous_track = None
+        self._set_track(roi_from_landmarks(marks.points, self.config.roi_scale))
         self._last_landmarks = marks
         return marks
 
+    def _set_track(self, roi: FaceRoi) -> None:
+        self._previous_track, self._track = self._track, roi
+
+    def _predicted_roi(self) -> FaceRoi:
+        """Next frame's crop: the last one moved on at constant velocity (position and roll).
+
+        The mesh model's output leans towards the crop's orientation, so a crop that lags a turning head
+        by a frame biases the landmarks; extrapolating removes most of that lag.
+        """
+        last, before = self._track, self._previous_track
+        if before is None:
+            return last
+        turn = math.remainder(last.angle - before.angle, 2 * math.pi)
+        return FaceRoi(2 * last.centre - before.centre, last.size, last.angle + turn)
+
+
+class FaceAlignmentLandmarker:
+    """Optional 68-point backend: Bulat & Tzimiropoulos' FAN (the `face-alignment` package, BSD-3) with
+    its S3FD detector. Used only when the package is installed and its weights are already on disk (in
+    torch's hub cache): nothing is downloaded at run time. Points follow the iBUG/Multi-PIE 68 layout,
+    which `FaceFitter(scheme="ibug68")` fits directly to ICT's own landmark vertices.
+    """
+
+    WEIGHTS = ("2DFAN4*.zip", "s3fd-*.pth")
+
+    def __init__(self, device: str = "cpu"):
+        import torch
+
+        checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
+        missing = [pattern for pattern in self.WEIGHTS if not any(checkpoints.glob(pattern))]
+        if missing:
+            raise HeadsplatError(
+                f"face-alignment weights not found in {checkpoints} ({', '.join(missing)}); headsplat does not "
+                "download them: fetch them once with face-alignment itself, or use the default MediaPipe backend"
+            )
+        try:
+            import face_alignment
+        except ImportError as err:
+            raise HeadsplatError(
+                "the face-alignment backend needs the optional package: pip install face-alignment"
+            ) from err
+        kind = getattr(face_alignment.LandmarksType, "TWO_D", None) or face_alignment.LandmarksType._2D
+        self._model = face_alignment.FaceAlignment(kind, device=device, face_detector="sfd")
+
+    def faces(self, image: np.ndarray) -> list[np.ndarray]:
+        """68 landmarks [68, 2] (pixels) of every face in an RGB uint8 image, largest first."""
+        image = check_image(image)
+        found = self._model.get_landmarks_from_image(image) or []
+        found = [np.asarray(points, np.float32)[:, :2] for points in found]
+        found.sort(key=lambda p: -float(np.ptp(p[:, 0]) * np.ptp(p[:, 1])))
+        for points in found:
+            _warn_if_small_width(float(np.ptp(points[:, 0])))
+        return found
+
 
 def _warn_if_small(marks: FaceLandmarks) -> None:
-    width = float(np.ptp(marks.points[:, 0]))
+    _warn_if_small_width(float(np.ptp(marks.points[:, 0])))
+
+
+def _warn_if_small_width(width: float) -> None:
     if width < MIN_FACE_PX:
         warnings.warn(
             f"the face is only {width:.0f} px wide (under {MIN_FACE_PX} px): landmarks and fit will be "
             "unreliable; use a larger or closer photo",
-            stacklevel=3,
+            stacklevel=4,
         )
 
 
 __all__ = [
     "DETECTION_KEYPOINTS",
+    "FaceAlignmentLandmarker",
     "FaceDetection",
     "FaceLandmarks",
     "FaceRoi",

@@ -34,12 +34,31 @@ CORRESPONDENCE = Path(__file__).resolve().parents[1] / "weights" / "ict_mediapip
 #: Camera coordinates = world coordinates times this (a 180° rotation about x).
 WORLD_TO_CAMERA = (1.0, -1.0, -1.0)
 RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 33, 263
+#: Shapes that move the same points in opposite directions; both active at once is never meant.
+ANTAGONISTS = tuple(
+    (EXPRESSION_INDEX[a], EXPRESSION_INDEX[b])
+    for a, b in (
+        ("eyeBlink_L", "eyeWide_L"), ("eyeBlink_R", "eyeWide_R"), ("jawLeft", "jawRight"),
+        ("mouthLeft", "mouthRight"), ("mouthSmile_L", "mouthFrown_L"), ("mouthSmile_R", "mouthFrown_R"),
+        ("browDown_L", "browOuterUp_L"), ("browDown_R", "browOuterUp_R"), ("browDown_L", "browInnerUp_L"),
+        ("browDown_R", "browInnerUp_R"), ("mouthPucker", "mouthStretch_L"), ("mouthPucker", "mouthStretch_R"),
+        ("eyeLookIn_L", "eyeLookOut_L"), ("eyeLookIn_R", "eyeLookOut_R"), ("eyeLookUp_L", "eyeLookDown_L"),
+        ("eyeLookUp_R", "eyeLookDown_R"),
+    )
+)  # fmt: skip
+_ANT_A = np.array([a for a, _ in ANTAGONISTS])
+_ANT_B = np.array([b for _, b in ANTAGONISTS])
 _LIP_AND_EYE_CONTOURS = (
     61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 185, 40, 39, 37, 0, 267, 269, 270, 409,
     78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 191, 80, 81, 82, 13, 312, 311, 310, 415,
     33, 7, 163, 144, 145, 153, 154, 155, 133, 246, 161, 160, 159, 158, 157, 173,
     263, 249, 390, 373, 374, 380, 381, 382, 362, 466, 388, 387, 386, 385, 384, 398,
 )  # fmt: skip
+#: Landmark schemes: (number of points, (right, left) outer eye corners, lip/eye contour points, jaw line).
+LANDMARK_SCHEMES = {
+    "mediapipe468": (468, (RIGHT_EYE_OUTER, LEFT_EYE_OUTER), _LIP_AND_EYE_CONTOURS, ()),
+    "ibug68": (68, (36, 45), tuple(range(36, 68)), tuple(range(17))),
+}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -179,6 +198,9 @@ class FitConfig:
     """Weight of Σ expression (an L1 prior: prefers few active shapes over many small, cancelling ones)."""
     focal_prior: float = 10.0
     """Weight of (log f − log f_prior)²: focal length is weakly observable from one face."""
+    antagonist_penalty: float = 50.0
+    """Weight of (w_a · w_b)² for opposing shapes (blink/wide, left/right, smile/frown): they would
+    otherwise cancel each other and both turn on."""
     depth_weight: float = 0.3
     """Weight of MediaPipe's relative depth (z) against the 2D landmarks (0 disables it)."""
     contour_weight: float = 2.0
@@ -229,22 +251,39 @@ class FaceFitter:
     """Fits ICT identity/expression/pose/focal to MediaPipe landmarks (numpy; analytic Jacobians)."""
 
     def __init__(
-        self, config: FitConfig | None = None, head: HeadModel | None = None, correspondence=CORRESPONDENCE
+        self,
+        config: FitConfig | None = None,
+        head: HeadModel | None = None,
+        scheme: str = "mediapipe468",
+        correspondence=CORRESPONDENCE,
     ):
+        """`scheme`: 'mediapipe468' (the face mesh, via the shipped correspondence) or 'ibug68' (the 68
+        Multi-PIE/iBUG points of face-alignment and dlib, which are ICT's own landmark vertices)."""
         self.config = config or FitConfig()
         k = self.config.num_identity
         head = head or HeadModel(num_identity=max(k, 1))
         if k > head.num_identity:
             raise HeadsplatError(f"asked to fit {k} identity modes; the head model has {head.num_identity}")
-        try:
-            with np.load(correspondence) as data:
-                self.landmark_index = data["mediapipe_index"].astype(np.int64)  # [M] into the 468
-                triangle = data["triangle"].astype(np.int64)  # [M, 3] ICT vertices
-                bary = data["barycentric"].astype(np.float64)  # [M, 3]
-        except FileNotFoundError as err:
+        if scheme not in LANDMARK_SCHEMES:
             raise HeadsplatError(
-                f"correspondence file missing: {correspondence}; run python weights/build_correspondence.py"
-            ) from err
+                f"unknown landmark scheme {scheme!r}; use one of {', '.join(LANDMARK_SCHEMES)}"
+            )
+        self.scheme = scheme
+        self.num_landmarks, (self._right_eye, self._left_eye), contours, silhouette = LANDMARK_SCHEMES[scheme]
+        if scheme == "ibug68":
+            self.landmark_index = np.arange(68)
+            triangle = np.repeat(head.landmarks68.numpy().astype(np.int64)[:, None], 3, axis=1)
+            bary = np.tile([1.0, 0.0, 0.0], (68, 1))
+        else:
+            try:
+                with np.load(correspondence) as data:
+                    self.landmark_index = data["mediapipe_index"].astype(np.int64)  # [M] into the 468
+                    triangle = data["triangle"].astype(np.int64)  # [M, 3] ICT vertices
+                    bary = data["barycentric"].astype(np.float64)  # [M, 3]
+            except FileNotFoundError as err:
+                raise HeadsplatError(
+                    f"correspondence file missing: {correspondence}; run python weights/build_correspondence.py"
+                ) from err
         self.triangle, self.barycentric = triangle, bary
         self.pivot = head.pivot.numpy().astype(np.float64)
 
@@ -263,7 +302,9 @@ class FaceFitter:
         self.num_identity = k
         self.num_points = len(self.landmark_index)
         weights = np.ones(self.num_points)
-        weights[np.isin(self.landmark_index, _LIP_AND_EYE_CONTOURS)] = self.config.contour_weight
+        weights[np.isin(self.landmark_index, contours)] = self.config.contour_weight
+        # 2D jaw-line points follow the visible outline, not fixed skin points: trust them less.
+        weights[np.isin(self.landmark_index, silhouette)] = 0.5
         self.point_weight = weights
         # Per-frame parameters the solver may move (expression weights, then 3 rotation, 3 translation).
         self.frame_free = np.ones(NUM_EXPRESSIONS + 6, bool)
@@ -272,8 +313,8 @@ class FaceFitter:
                 if name.startswith("eyeLook"):
                     self.frame_free[i] = False
         self._eye_rows = (
-            int(np.nonzero(self.landmark_index == RIGHT_EYE_OUTER)[0][0]),
-            int(np.nonzero(self.landmark_index == LEFT_EYE_OUTER)[0][0]),
+            int(np.nonzero(self.landmark_index == self._right_eye)[0][0]),
+            int(np.nonzero(self.landmark_index == self._left_eye)[0][0]),
         )
 
     # --------------------------------------------------------------------------------------------
@@ -303,20 +344,26 @@ class FaceFitter:
 
     def _observe(self, landmarks: np.ndarray) -> _Frame:
         landmarks = np.asarray(landmarks, np.float64)
-        if landmarks.ndim != 2 or landmarks.shape[0] != 468 or landmarks.shape[1] not in (2, 3):
-            raise HeadsplatError(f"fitting needs MediaPipe landmarks [468, 2|3]; got {list(landmarks.shape)}")
+        n = self.num_landmarks
+        if landmarks.ndim != 2 or landmarks.shape[0] != n or landmarks.shape[1] not in (2, 3):
+            raise HeadsplatError(
+                f"this fitter ({self.scheme}) needs landmarks [{n}, 2|3]; got {list(landmarks.shape)}"
+            )
         if not np.all(np.isfinite(landmarks)):
             raise HeadsplatError("landmarks contain NaN or infinite values")
         pts = landmarks[self.landmark_index]
-        scale = float(np.linalg.norm(landmarks[RIGHT_EYE_OUTER, :2] - landmarks[LEFT_EYE_OUTER, :2]))
+        scale = float(np.linalg.norm(landmarks[self._right_eye, :2] - landmarks[self._left_eye, :2]))
         if scale < 1e-3:
             raise HeadsplatError("landmarks are degenerate (both eye corners at one point)")
         depth = pts[:, 2] if landmarks.shape[1] == 3 and self.config.depth_weight > 0 else None
         return _Frame(pts[:, :2].copy(), depth, scale)
 
     # --------------------------------------------------------------------------------------------
-    def _residuals(self, frame: _Frame, shared: np.ndarray, size, want_jacobian: bool):
-        """Weighted residuals [R] of one frame and, optionally, Jacobians wrt its own [R, 59] and shared [R, K+1] parameters."""
+    def _residuals(
+        self, frame: _Frame, shared: np.ndarray, size, want_jacobian: bool, want_shared: bool = True
+    ):
+        """Weighted residuals [R] of one frame and, optionally, Jacobians wrt its own [R, 59] and shared
+        [R, K+1] parameters (the shared one is None unless `want_shared`)."""
         k = self.num_identity
         w, rot_angles, trans = frame.params[:NUM_EXPRESSIONS], frame.params[53:56], frame.params[56:59]
         identity, focal = shared[:k], math.exp(shared[k])
@@ -355,11 +402,14 @@ class FaceFitter:
         j_frame[:, :, :NUM_EXPRESSIONS] = dshape @ self._expression_by_point
         j_frame[:, :, 53:56] = duv @ (q @ drot.transpose(0, 2, 1)).transpose(1, 2, 0)
         j_frame[:, :, 56:59] = duv
-        j_shared = np.empty((m, 2, k + 1))
-        if k:
-            j_shared[:, :, :k] = dshape @ self._identity_by_point
-        j_shared[:, :, k] = (uv - (cx, cy)) * sw[:, None]
-        j_frame, j_shared = j_frame.reshape(2 * m, -1), j_shared.reshape(2 * m, -1)
+        j_frame = j_frame.reshape(2 * m, -1)
+        j_shared = None
+        if want_shared:
+            j_shared = np.empty((m, 2, k + 1))
+            if k:
+                j_shared[:, :, :k] = dshape @ self._identity_by_point
+            j_shared[:, :, k] = (uv - (cx, cy)) * sw[:, None]
+            j_shared = j_shared.reshape(2 * m, -1)
         if frame.depth is not None:
             # d(camera z)/d(world) = −e_z; the px-per-cm factor is held fixed within a step.
             dz_shape = -rot[2] * px_per_cm * depth_w  # [3] per unposed point
@@ -367,14 +417,14 @@ class FaceFitter:
             jz_frame[:, :NUM_EXPRESSIONS] = dz_shape @ self._expression_by_point
             jz_frame[:, 53:56] = -(q @ drot.transpose(0, 2, 1))[:, :, 2].T * px_per_cm * depth_w
             jz_frame[:, 56:59] = np.array([0.0, 0.0, -px_per_cm * depth_w])
-            jz_shared = np.zeros((m, k + 1))
-            if k:
-                jz_shared[:, :k] = dz_shape @ self._identity_by_point
-            jz_shared[:, k] = 0.0  # px_per_cm is a constant of the solve
             jz_frame -= jz_frame.mean(0)
-            jz_shared -= jz_shared.mean(0)
             j_frame = np.concatenate([j_frame, jz_frame])
-            j_shared = np.concatenate([j_shared, jz_shared])
+            if want_shared:
+                jz_shared = np.zeros((m, k + 1))  # the focal column stays 0: px_per_cm is fixed in a step
+                if k:
+                    jz_shared[:, :k] = dz_shape @ self._identity_by_point
+                jz_shared -= jz_shared.mean(0)
+                j_shared = np.concatenate([j_shared, jz_shared])
         return residual, uv, j_frame, j_shared
 
     def _prior_cost(self, frames: list[_Frame], shared: np.ndarray, focal_prior: float) -> float:
@@ -385,6 +435,7 @@ class FaceFitter:
         for f in frames:
             w = f.params[:NUM_EXPRESSIONS]
             cost += cfg.expression_prior * float(w @ w) + cfg.expression_sparsity * float(w.sum())
+            cost += cfg.antagonist_penalty * float(((w[_ANT_A] * w[_ANT_B]) ** 2).sum())
         return cost
 
     def _cost(self, frames, shared, size, focal_prior) -> float:
@@ -406,6 +457,7 @@ class FaceFitter:
         k = self.num_identity
         nf, ns = NUM_EXPRESSIONS + 6, k + 1
         n_total = len(frames) * nf + ns
+        shared_moves = bool(free_shared.any())  # tracking holds identity and focal: skip their Jacobian
         damping = 1e-3
         for _ in range(iterations):
             # The depth term's pixels-per-cm follows the current focal length and distance; it is held
@@ -413,23 +465,35 @@ class FaceFitter:
             for f in frames:
                 depth = (self.points_from_params(f.params, shared) * WORLD_TO_CAMERA)[:, 2].mean()
                 f.px_per_cm = math.exp(shared[k]) / max(float(depth), 1e-3)
-            cost = self._cost(frames, shared, size, focal_prior)
             hess = np.zeros((n_total, n_total))
             grad = np.zeros(n_total)
             sh = slice(len(frames) * nf, n_total)
+            cost = self._prior_cost(frames, shared, focal_prior)
             for i, f in enumerate(frames):
-                r, _, jf, js = self._residuals(f, shared, size, True)
+                r, _, jf, js = self._residuals(f, shared, size, True, want_shared=shared_moves)
+                cost += float(r @ r)
                 fs = slice(i * nf, (i + 1) * nf)
                 hess[fs, fs] = jf.T @ jf
-                hess[fs, sh] = jf.T @ js
-                hess[sh, fs] = hess[fs, sh].T
-                hess[sh, sh] += js.T @ js
                 grad[fs] = jf.T @ r
-                grad[sh] += js.T @ r
+                if shared_moves:
+                    hess[fs, sh] = jf.T @ js
+                    hess[sh, fs] = hess[fs, sh].T
+                    hess[sh, sh] += js.T @ js
+                    grad[sh] += js.T @ r
                 w = f.params[:NUM_EXPRESSIONS]
                 idx = np.arange(i * nf, i * nf + NUM_EXPRESSIONS)
                 hess[idx, idx] += cfg.expression_prior
                 grad[idx] += cfg.expression_prior * w + 0.5 * cfg.expression_sparsity
+                # Antagonist residuals √γ·w_a·w_b (Gauss–Newton: J = √γ·(w_b, w_a)).
+                ga, gb = idx[_ANT_A], idx[_ANT_B]
+                wa, wb = w[_ANT_A], w[_ANT_B]
+                gamma = cfg.antagonist_penalty
+                np.add.at(hess, (ga, ga), gamma * wb * wb)
+                np.add.at(hess, (gb, gb), gamma * wa * wa)
+                np.add.at(hess, (ga, gb), gamma * wa * wb)
+                np.add.at(hess, (gb, ga), gamma * wa * wb)
+                np.add.at(grad, ga, gamma * wa * wb * wb)
+                np.add.at(grad, gb, gamma * wa * wa * wb)
             idk = np.arange(len(frames) * nf, len(frames) * nf + k)
             hess[idk, idk] += cfg.identity_prior
             grad[idk] += cfg.identity_prior * shared[:k]
@@ -635,9 +699,9 @@ class OneEuroFilter:
     element-wise; `min_cutoff` and `d_cutoff` are in Hz, `beta` in Hz per (unit/s) of the signal.
     """
 
-    min_cutoff: float = 1.5
-    beta: float = 0.5
-    d_cutoff: float = 2.0
+    min_cutoff: float = 1.0
+    beta: float = 5.0
+    d_cutoff: float = 4.0
     _value: np.ndarray | None = None
     _speed: np.ndarray | None = None
 
@@ -665,10 +729,10 @@ class OneEuroFilter:
 
 
 def smooth_landmarks(
-    sequence: np.ndarray,  # [T, 468, 3] pixels
+    sequence: np.ndarray,  # [T, N, 2|3] pixels, N = 468 (MediaPipe) or 68 (iBUG)
     fps: float,
-    min_cutoff: float = 1.5,
-    beta: float = 0.5,
+    min_cutoff: float = 1.0,
+    beta: float = 5.0,
     zero_phase: bool = True,
 ) -> np.ndarray:
     """One Euro smoothing of a landmark track in inter-ocular units (so settings fit any face size).
@@ -677,11 +741,13 @@ def smooth_landmarks(
     its lag (offline use); otherwise it is causal (streaming).
     """
     seq = np.asarray(sequence, np.float64)
-    if seq.ndim != 3 or seq.shape[1:] != (468, 3):
-        raise HeadsplatError(f"landmark sequence must be [T, 468, 3]; got {list(seq.shape)}")
+    schemes = {n: eyes for n, eyes, _, _ in LANDMARK_SCHEMES.values()}
+    if seq.ndim != 3 or seq.shape[1] not in schemes or seq.shape[2] not in (2, 3):
+        raise HeadsplatError(f"landmark sequence must be [T, 468 or 68, 2|3]; got {list(seq.shape)}")
     if len(seq) < 2:
         return seq.copy()
-    iod = np.linalg.norm(seq[:, RIGHT_EYE_OUTER, :2] - seq[:, LEFT_EYE_OUTER, :2], axis=1)
+    right, left = schemes[seq.shape[1]]
+    iod = np.linalg.norm(seq[:, right, :2] - seq[:, left, :2], axis=1)
     unit = float(np.median(iod))
     dt = 1.0 / fps
 

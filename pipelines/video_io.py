@@ -27,7 +27,7 @@ class Video:
 
     path: Path
     fps: float  # frames per second
-    size: tuple[int, int]  # (width, height) of the frames as delivered (rotation applied)
+    size: tuple[int, int]  # (width, height) of the frames as delivered (display rotation applied)
     num_frames: int  # estimated from duration × fps (0 if unknown); the iterator is authoritative
     audio: bool  # whether the file has an audio stream
 
@@ -63,9 +63,7 @@ def read_video(path: str | os.PathLike) -> Video:
     size = tuple(int(v) for v in meta.get("size") or (0, 0))
     if fps <= 0 or not math.isfinite(fps) or min(size) <= 0:
         raise HeadsplatError(f"cannot read video {path.name}: no frame rate or frame size in the file")
-    # ffmpeg auto-rotates phone videos; the reported size is the stored one, so swap it for 90°/270°.
-    if int(meta.get("rotate", 0) or 0) % 180 == 90:
-        size = (size[1], size[0])
+    # ffmpeg auto-rotates phone videos, and imageio-ffmpeg's "size" is already the rotated, delivered size.
     duration = float(meta.get("duration") or 0.0)
     return Video(path, fps, size, max(0, round(duration * fps)), bool(meta.get("audio_codec")))
 

@@ -1,5 +1,15 @@
 """Gaussian splatting: gsplat on CUDA, a fast CPU backend, a dense reference, cameras and .ply."""
 
+import os
+
+import numba
+
+# numba's OpenMP layer keeps its threads spinning after each parallel kernel, which starves torch's own
+# OpenMP threads between renders (posing Gaussians got 10x slower on a busy 2-core machine); the plain
+# work-queue pool sleeps instead. A user's own NUMBA_THREADING_LAYER wins.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
+
 from .camera import Camera, orbit_cameras
 from .compositing import composite_over, paste_back
 from .gaussians import Gaussians

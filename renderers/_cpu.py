@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -23,12 +25,45 @@ EXTEND_MAX = 3.33  # gsplat's cap on the opacity-aware extent, in standard devia
 # below 1/255 by a factor exp(-1e-3), far beyond float32 rounding, so the skip never changes a decision.
 SKIP_MARGIN = 1e-3
 
+# exp(-s) for 0 <= s <= EXP_S_MAX in float32, written out so that this backend and the torch reference
+# (rasterize._exp_neg_torch, the same operations in the same order) get bit-identical alphas, and every
+# alpha/transmittance threshold decides the same way in both, whatever libm or SLEEF do. Reduction
+# -s = (k / 16) ln2 + r with |r| <= ln2 / 32 (Cody-Waite, two-part ln2 / 16), a cubic Taylor polynomial
+# (truncation < 1e-8), times 2^(k / 16) from a table; within 3e-7 of exp (tested), and a short
+# dependency chain, so it costs about what libm's expf does.
+EXP_S_MAX = np.float32(5.6)  # > log(255) + SKIP_MARGIN, the largest sigma ever exponentiated
+EXP_K_MAX = 130  # -k <= 16 * EXP_S_MAX / ln2 + 1
+EXP_16_LOG2E = np.float32(16.0 / math.log(2.0))
+EXP_LN2_16_HI = np.float32(0.693359375 / 16)  # few mantissa bits: k * EXP_LN2_16_HI is exact
+EXP_LN2_16_LO = np.float32((math.log(2.0) - 0.693359375) / 16)
+EXP_C2 = np.float32(0.5)
+EXP_C3 = np.float32(1.0 / 6.0)
+EXP_TABLE = np.array([2.0 ** (k / 16) for k in range(-EXP_K_MAX, 1)], np.float32)  # 2^(k/16), k <= 0
+
+
+@njit(cache=True, inline="always")
+def exp_neg(s, table):  # pragma: no cover - compiled
+    """exp(-s) in float32 for s in [0, EXP_S_MAX]; table is EXP_TABLE."""
+    x = -s
+    y = x * EXP_16_LOG2E + np.float32(0.5)
+    k = np.int32(y)  # truncates towards zero; y <= 0.5, so step down where that rounded up (= floor)
+    k -= np.int32(np.float32(k) > y)
+    n = np.float32(k)
+    r = x - n * EXP_LN2_16_HI
+    r = r - n * EXP_LN2_16_LO
+    p = EXP_C3 * r + EXP_C2
+    p = p * r + np.float32(1.0)
+    p = p * r + np.float32(1.0)
+    return p * table[k + EXP_K_MAX]
+
+
 # Column layout of the per-Gaussian parameter table (one 48-byte row per Gaussian for cache locality).
 P_MX, P_MY, P_CA, P_CB, P_CC, P_OP, P_R, P_G, P_B, P_Z, P_SMAX = range(11)
 N_PARAMS = 12
 
-# numba's default (workqueue) threading layer must not be entered from two Python threads at once
-# (Gradio serves requests from a thread pool), so renders on the CPU backend are serialised.
+# numba's workqueue threading layer (its fallback when neither TBB nor OpenMP is installed) must not be
+# entered from two Python threads at once, and Gradio serves requests from a thread pool; the kernels
+# use all cores anyway, so CPU renders are simply serialised.
 _LOCK = threading.Lock()
 _TILE_ORDERS: dict[int, np.ndarray] = {}
 
@@ -238,24 +273,39 @@ def _depth_order(depth_bits, rects):  # pragma: no cover - compiled
     return ids
 
 
-@njit(cache=True)
-def _bin(order, rects, tiles_x, n_tiles):  # pragma: no cover - compiled
-    """Per-tile lists of Gaussian ids, each in depth order (a stable scatter of the depth-sorted ids)."""
-    offsets = np.zeros(n_tiles + 1, np.int64)
-    for g in order:
-        for ty in range(rects[g, 2] // TILE, rects[g, 3] // TILE + 1):
-            for tx in range(rects[g, 0] // TILE, rects[g, 1] // TILE + 1):
-                offsets[ty * tiles_x + tx + 1] += 1
+@njit(parallel=True, cache=True)
+def _bin(order, rects, tiles_x, n_tiles, n_chunks):  # pragma: no cover - compiled
+    """Per-tile lists of Gaussian ids, each in depth order: a stable, parallel counting sort by tile.
+
+    The depth-sorted ids are cut into n_chunks runs; each run counts and then scatters its own
+    intersections, and a tile's slots are laid out run by run, so every list stays in depth order.
+    """
+    m = order.shape[0]
+    counts = np.zeros((n_chunks, n_tiles), np.int64)
+    for c in prange(n_chunks):
+        for k in range(c * m // n_chunks, (c + 1) * m // n_chunks):
+            g = order[k]
+            for ty in range(rects[g, 2] // TILE, rects[g, 3] // TILE + 1):
+                for tx in range(rects[g, 0] // TILE, rects[g, 1] // TILE + 1):
+                    counts[c, ty * tiles_x + tx] += 1
+    offsets = np.empty(n_tiles + 1, np.int64)
+    total = 0
     for t in range(n_tiles):
-        offsets[t + 1] += offsets[t]
-    cursor = offsets[:-1].copy()
-    lists = np.empty(offsets[n_tiles], np.int32)
-    for g in order:
-        for ty in range(rects[g, 2] // TILE, rects[g, 3] // TILE + 1):
-            for tx in range(rects[g, 0] // TILE, rects[g, 1] // TILE + 1):
-                t = ty * tiles_x + tx
-                lists[cursor[t]] = g
-                cursor[t] += 1
+        offsets[t] = total
+        for c in range(n_chunks):
+            h = counts[c, t]
+            counts[c, t] = total  # now the next free slot of run c in tile t
+            total += h
+    offsets[n_tiles] = total
+    lists = np.empty(total, np.int32)
+    for c in prange(n_chunks):
+        for k in range(c * m // n_chunks, (c + 1) * m // n_chunks):
+            g = order[k]
+            for ty in range(rects[g, 2] // TILE, rects[g, 3] // TILE + 1):
+                for tx in range(rects[g, 0] // TILE, rects[g, 1] // TILE + 1):
+                    t = ty * tiles_x + tx
+                    lists[counts[c, t]] = g
+                    counts[c, t] += 1
     return offsets, lists
 
 
@@ -266,6 +316,7 @@ def _composite(
     """Front-to-back compositing per 16x16 tile (tiles in parallel), gsplat's per-pixel arithmetic."""
     half = np.float32(0.5)
     one = np.float32(1.0)
+    table = EXP_TABLE
     for k in prange(tile_order.shape[0]):
         t = tile_order[k]
         x0 = (t % tiles_x) * TILE
@@ -275,6 +326,7 @@ def _composite(
         trans = np.ones(TILE * TILE, np.float32)
         acc = np.zeros((TILE * TILE, 4), np.float32)
         done = np.zeros(TILE * TILE, np.bool_)
+        row_alive = np.full(TILE, x1 - x0, np.int32)  # pixels per tile row that still take Gaussians
         alive = (x1 - x0) * (y1 - y0)
         for e in range(offsets[t], offsets[t + 1]):
             g = lists[e]
@@ -294,6 +346,8 @@ def _composite(
             cbl = params[g, P_B]
             cz = params[g, P_Z]
             for yy in range(gy0, gy1 + 1):
+                if row_alive[yy - y0] == 0:
+                    continue
                 dy = my - (np.float32(yy) + half)
                 cdy = cc * dy * dy
                 row = (yy - y0) * TILE - x0
@@ -305,7 +359,7 @@ def _composite(
                     sigma = half * (ca * dx * dx + cdy) + cb * dx * dy
                     if sigma < 0 or sigma > smax:
                         continue
-                    a = op * math.exp(-sigma)
+                    a = op * exp_neg(sigma, table)
                     if a > ALPHA_MAX:
                         a = ALPHA_MAX
                     if a < ALPHA_MIN:
@@ -314,6 +368,7 @@ def _composite(
                     next_t = tp * (one - a)
                     if next_t <= T_MIN:
                         done[p] = True
+                        row_alive[yy - y0] -= 1
                         alive -= 1
                         continue
                     w = a * tp
@@ -363,8 +418,12 @@ def render(
     near: float,
     far: float,
     background: np.ndarray,  # [3] f32
+    stage_seconds: dict[str, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # [H, W, 3], [H, W], [H, W] f32
-    """One view: RGB (background composited), alpha and expected depth, as new float32 arrays."""
+    """One view: RGB (background composited), alpha and expected depth, as new float32 arrays.
+
+    `stage_seconds`, when given, receives the wall time of each stage (for benchmarks/render.py).
+    """
     n = means.shape[0]
     params = np.empty((n, N_PARAMS), np.float32)
     rects = np.empty((n, 4), np.int32)
@@ -373,16 +432,29 @@ def render(
     rgb = np.empty((height, width, 3), np.float32)
     alpha = np.empty((height, width), np.float32)
     depth = np.empty((height, width), np.float32)
+    clock = [time.perf_counter()]
+
+    def lap(stage: str) -> None:
+        if stage_seconds is not None:
+            clock.append(time.perf_counter())
+            stage_seconds[stage] = clock[-1] - clock[-2]
+
     with _LOCK:
         _project(
             means, quats, scales, opacities, coeffs, is_sh, world_to_camera, camera_position,
             fx, fy, cx, cy, width, height, near, far, params, rects,
         )  # fmt: skip
+        lap("project")
         depth_bits = np.ascontiguousarray(params[:, P_Z]).view(np.uint32)
         order = _depth_order(depth_bits, rects)
-        offsets, lists = _bin(order, rects, tiles_x, tiles_x * tiles_y)
+        lap("sort")
+        offsets, lists = _bin(order, rects, tiles_x, tiles_x * tiles_y, numba.get_num_threads())
+        lap("bin")
         _composite(
             params, rects, offsets, lists, _tile_order(tiles_x * tiles_y), tiles_x, width, height,
             background, rgb, alpha, depth,
         )  # fmt: skip
+        lap("composite")
+    if stage_seconds is not None:
+        stage_seconds["intersections"] = float(len(lists))
     return rgb, alpha, depth

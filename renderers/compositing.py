@@ -43,8 +43,8 @@ def paste_back(
 
     The box is in pixel-edge coordinates (the crop's outer edges land on x0, x1); the affine maps crop
     pixel centres to frame pixel centres (OpenCV's warpAffine convention). The mask is warped, eroded by
-    feather_px / 2 and blurred (sigma feather_px / 4), so the fade ends at the mask's own edge and the
-    frame shows through there instead of crop pixels from outside the mask. Colours blend linearly.
+    feather_px / 2 and blurred (sigma feather_px / 6): the weight rises from ~0 at the mask's edge to ~1
+    at feather_px inside it, so no crop pixel from outside the mask shows. Colours blend linearly.
     """
     crop = _to_numpy(crop_rgb).astype(np.float32)
     mask = _to_numpy(crop_mask).astype(np.float32)
@@ -79,7 +79,7 @@ def paste_back(
         if radius > 0:
             kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
             weight = cv2.erode(weight, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
-        weight = cv2.GaussianBlur(weight, (0, 0), sigmaX=feather_px / 4, borderType=cv2.BORDER_CONSTANT)
+        weight = cv2.GaussianBlur(weight, (0, 0), sigmaX=feather_px / 6, borderType=cv2.BORDER_CONSTANT)
     weight = weight[..., None]
     if out.dtype == np.uint8:
         blended = out.astype(np.float32) * (1 - weight) + warped * weight

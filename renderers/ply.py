@@ -107,6 +107,8 @@ def read_ply(path: str | os.PathLike) -> Gaussians:
             raise ValueError(f"{path}: element {name!r} has list properties, which a 3DGS .ply never has")
         dtype = np.dtype(props)
         if name == "vertex":
+            if offset + dtype.itemsize * count > len(blob):
+                raise ValueError(f"{path} is truncated: its header promises {count} vertices")
             table = np.frombuffer(blob, dtype=dtype, count=count, offset=offset)
             break
         offset += dtype.itemsize * count
@@ -134,7 +136,10 @@ def _gaussians_from_table(table: np.ndarray, path: Path) -> Gaussians:
     k = n_rest // 3 + 1
 
     def cols(*props: str) -> np.ndarray:
-        return np.stack([table[p].astype(np.float64) for p in props], axis=-1).reshape(len(table), len(props))
+        out = np.empty((len(table), len(props)), np.float64)
+        for j, p in enumerate(props):
+            out[:, j] = table[p]
+        return out
 
     n = len(table)
     dc = cols("f_dc_0", "f_dc_1", "f_dc_2")

@@ -13,6 +13,12 @@ All three backends follow gsplat 1.5.3's conventions (read from its source):
   (ties: lower index first) and a pixel stops before the Gaussian that would bring its transmittance to
   1e-4 or below.
 
+The CPU backend and the reference compute each 2D Gaussian in float64 and round it to float32, then
+evaluate pixels with the same float32 operations in the same order, including a shared float32
+exp(-s) (``_cpu.exp_neg``, within 3e-7 of exp); so every 1/255 and 1e-4 decision agrees and their
+images match to float32 rounding. gsplat (float32 projection, CUDA's fast exp) may flip a decision on
+a rare pixel.
+
 Why a dense reference equals the tiled backends exactly (not just within tolerance): outside the ellipse
 d^T Σ2d^-1 d = e^2 with e = sqrt(2 ln(255 o)), alpha = o exp(-e^2/2) < 1/255, so every pixel a tile
 renderer never visits would be skipped by the dense renderer anyway. The 3.33 cap never binds, because
@@ -92,6 +98,8 @@ def rasterize(
     else:
         render_one = _render_cpu if backend == "cpu" else _render_reference
         views = [render_one(gaussians, cam, bg) for cam in cams]
+        if single:
+            return RenderOutput(*(t.to(gaussians.device) for t in views[0]))
         out = RenderOutput(*(torch.stack([v[i] for v in views]).to(gaussians.device) for i in range(3)))
     return RenderOutput(*(t[0] for t in out)) if single else out
 
@@ -108,7 +116,9 @@ def _gsplat_available() -> bool:
 # ----------------------------------------------------------------------------------------------- cpu
 
 
-def _render_cpu(g: Gaussians, cam: Camera, bg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _render_cpu(
+    g: Gaussians, cam: Camera, bg: Tensor, stage_seconds: dict[str, float] | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     def host(t: Tensor) -> np.ndarray:
         return t.detach().to("cpu", torch.float32).contiguous().numpy()
 
@@ -117,7 +127,7 @@ def _render_cpu(g: Gaussians, cam: Camera, bg: Tensor) -> tuple[Tensor, Tensor, 
     rgb, alpha, depth = _cpu.render(
         host(g.means), host(g.quats), host(g.scales), host(g.opacities), host(coeffs), g.colors.ndim == 3,
         m, cam.position.double().numpy(), cam.fx, cam.fy, cam.cx, cam.cy, cam.width, cam.height,
-        cam.near, cam.far, bg.numpy(),
+        cam.near, cam.far, bg.numpy(), stage_seconds,
     )  # fmt: skip
     return torch.from_numpy(rgb), torch.from_numpy(alpha), torch.from_numpy(depth)
 
@@ -173,6 +183,18 @@ def _project_reference(g: Gaussians, cam: Camera) -> _Projected:
     return _Projected(means2d, conics.float(), means_c[:, 2].float(), visible)
 
 
+def _exp_neg_torch(s: Tensor) -> Tensor:
+    """exp(-s) for float32 s in [0, 5.6]: _cpu.exp_neg's operations in the same order (bit-identical)."""
+    x = -s
+    k = torch.floor(x * float(_cpu.EXP_16_LOG2E) + 0.5)
+    r = x - k * float(_cpu.EXP_LN2_16_HI)
+    r = r - k * float(_cpu.EXP_LN2_16_LO)
+    p = float(_cpu.EXP_C3) * r + float(_cpu.EXP_C2)
+    p = p * r + 1.0
+    p = p * r + 1.0
+    return p * torch.from_numpy(_cpu.EXP_TABLE).to(s.device)[(k + _cpu.EXP_K_MAX).long()]
+
+
 def _render_reference(g: Gaussians, cam: Camera, bg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Dense and obviously correct: every visible Gaussian at every pixel, front to back by depth."""
     proj = _project_reference(g, cam)
@@ -197,7 +219,8 @@ def _render_reference(g: Gaussians, cam: Camera, bg: Tensor) -> tuple[Tensor, Te
         dx = proj.means2d[i, 0] - px
         dy = proj.means2d[i, 1] - py
         sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
-        alpha = torch.minimum(g.opacities[i] * torch.exp(-sigma), alpha_max)
+        # Beyond sigma = 5.6 alpha < exp(-5.6) < 1/255 for any opacity, so clamping there skips the same.
+        alpha = torch.minimum(g.opacities[i] * _exp_neg_torch(sigma.clamp(0.0, _cpu.EXP_S_MAX)), alpha_max)
         use = (sigma >= 0) & (alpha >= alpha_min) & ~done
         next_trans = trans * (1.0 - alpha)
         stop = use & (next_trans <= t_min)
@@ -230,6 +253,10 @@ def _render_gsplat(g: Gaussians, cams: list[Camera], bg: Tensor) -> RenderOutput
     if len(near) > 1 or len(far) > 1:
         raise ValueError("backend='gsplat' needs one near/far pair for all cameras in a call")
     dev = g.device
+    if len(g) == 0:  # gsplat needs at least one Gaussian; an empty scene is just the background
+        h, w = cams[0].height, cams[0].width
+        zeros = torch.zeros(len(cams), h, w, device=dev)
+        return RenderOutput(bg.to(dev).expand(len(cams), h, w, 3).clone(), zeros, zeros.clone())
     viewmats = torch.stack([c.world_to_camera for c in cams]).to(dev)
     ks = torch.stack([c.K for c in cams]).to(dev)
     colors, sh_degree = g.colors, g.sh_degree

@@ -340,3 +340,34 @@ def test_gaussians_indexing_concatenation_and_device_moves():
 def test_auto_backend_uses_the_cpu_backend_for_cpu_tensors():
     g = random_scene(30, seed=13)
     assert torch.equal(rasterize(g, CAM).rgb, rasterize(g, CAM, backend="cpu").rgb)
+
+
+def test_shared_float32_exp_is_accurate_and_identical_in_numba_and_torch():
+    from numba import njit
+
+    from renderers._cpu import EXP_S_MAX, EXP_TABLE, exp_neg
+    from renderers.rasterize import _exp_neg_torch
+
+    @njit
+    def many(s):
+        out = np.empty_like(s)
+        for i in range(s.shape[0]):
+            out[i] = exp_neg(s[i], EXP_TABLE)
+        return out
+
+    grid = np.linspace(0, EXP_S_MAX, 200_001, dtype=np.float32)
+    s = np.concatenate([grid, np.float32([0.0, 1e-8, EXP_S_MAX])])
+    fast = many(s)
+    np.testing.assert_array_equal(fast, _exp_neg_torch(torch.from_numpy(s)).numpy())
+    exact = np.exp(-s.astype(np.float64))
+    assert np.max(np.abs(fast / exact - 1)) < 3e-7
+
+
+def test_cpu_backend_is_safe_to_call_from_several_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    g = random_scene(200, seed=14)
+    expected = rasterize(g, CAM, backend="cpu").rgb
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        outs = list(pool.map(lambda _: rasterize(g, CAM, backend="cpu").rgb, range(6)))
+    assert all(torch.equal(o, expected) for o in outs)

@@ -1,0 +1,427 @@
+"""Track a face in a photo or video: MediaPipe landmarks → ICT identity and a `Motion`.
+
+    python -m pipelines.track INPUT -o motion.csv [--identity id.json] [--overlay check.mp4]
+
+A photo gives a one-frame motion and the identity with its rest pose and camera; a video gives a motion
+at the video's frame rate (rotation and translation relative to the identity's rest pose, the median
+head pose of the clip). `--overlay` draws the fitted mesh over the input so a person can check the fit.
+Exit status 2 with one line on stderr for bad input (no face, unreadable file, bad options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from models.errors import HeadsplatError
+from models.face_tracker import FaceAlignmentLandmarker, FaceTracker, FaceTrackerConfig
+from models.fitting import FaceFit, FaceFitter, FitConfig, relative_pose, smooth_landmarks
+from models.latent import NUM_EXPRESSIONS, Identity, Motion
+from pipelines.image_io import is_image_path, load_image, save_image
+from pipelines.motion_io import MOTION_SUFFIXES, save_identity, save_motion
+from pipelines.video_io import VideoWriter, read_video
+
+#: Chains of the 68-point layout (jaw, brows, nose, eyes, lips) as edges, for overlays.
+IBUG68_EDGES = np.array(
+    [(i, i + 1) for chain in ((0, 16), (17, 21), (22, 26), (27, 30), (31, 35), (36, 41), (42, 47), (48, 59), (60, 67))
+     for i in range(chain[0], chain[1])]
+    + [(41, 36), (47, 42), (59, 48), (67, 60)]
+)  # fmt: skip
+REGIONS_FILE = Path(__file__).resolve().parents[1] / "weights" / "mediapipe" / "face_mesh_regions.json"
+
+
+@dataclass
+class TrackConfig:
+    """Settings of face tracking, shared by the CLI and the app."""
+
+    face_index: int = 0
+    """Which face to follow when there are several, largest first."""
+    backend: str = "mediapipe"
+    """Landmarks: 'mediapipe' (shipped, 468 points, fast) or 'face-alignment' (optional 68-point FAN; its
+    package and weights must already be installed)."""
+    device: str = "cpu"
+    """Device of the face-alignment backend ('cpu' or 'cuda'); MediaPipe always runs on the CPU."""
+    detector: str = "auto"
+    """BlazeFace model: 'short' (faces within ~2 m), 'full' (small/far faces), 'auto' (both, merged)."""
+    num_identity: int = 40
+    """ICT identity modes to fit (≤ 50)."""
+    identity_frames: int = 8
+    """Video frames (spread over the clip) that share one identity fit."""
+    smoothing: bool = True
+    """One Euro smoothing of the landmark track (zero-phase for files: no lag)."""
+    min_cutoff: float = 1.0
+    """One Euro minimum cutoff (Hz): lower removes more jitter from a still face."""
+    beta: float = 5.0
+    """One Euro speed coefficient: higher follows fast lip motion more closely."""
+    tracking_iterations: int = 4
+    """Solver iterations per video frame (warm-started from the previous frame)."""
+    threads: int = 2
+    """CPU threads for the landmark models."""
+    max_frames: int = 0
+    """Stop after this many video frames (0: the whole video)."""
+
+
+@dataclass
+class TrackResult:
+    """What tracking found: the identity (rest pose + camera), the motion, and per-frame details."""
+
+    identity: Identity
+    motion: Motion
+    fits: list[FaceFit]  # absolute per-frame fits (for overlays)
+    landmarks: np.ndarray  # [T, 468, 3] landmarks used for fitting (pixels; smoothed for videos)
+    found: np.ndarray  # [T] bool: whether a face was detected in that frame (others are interpolated)
+    fitter: FaceFitter = field(repr=False)
+
+
+def _warn_count(caught: list) -> list[str]:
+    seen = []
+    for w in caught:
+        text = str(w.message)
+        if text not in seen:
+            seen.append(text)
+    return seen
+
+
+def track_image(
+    image: np.ndarray, config: TrackConfig | None = None, fitter: FaceFitter | None = None
+) -> TrackResult:
+    """Fit one photo (RGB uint8 [H, W, 3]): identity with rest pose and camera, and a one-frame motion."""
+    config = config or TrackConfig()
+    if _scheme(config) == "ibug68":
+        faces = FaceAlignmentLandmarker(config.device).faces(image)
+    else:
+        tracker = FaceTracker(FaceTrackerConfig(detector=config.detector, num_threads=config.threads))
+        faces = [marks.points for marks in tracker.faces(image)]
+    if not faces:
+        raise HeadsplatError(
+            "no face found in the image; use a photo where the face is visible and upright-ish"
+        )
+    points = _pick_face(faces, config.face_index)
+    fitter = fitter or _fitter(config.num_identity, config.tracking_iterations, _scheme(config))
+    fit = fitter.fit_image(points, (image.shape[1], image.shape[0]))
+    identity = fit.to_identity()
+    expression = fit.expression[None]
+    motion = Motion(expression, np.zeros((1, 3)), np.zeros((1, 3)), fps=25.0)
+    return TrackResult(identity, motion, [fit], points[None], np.ones(1, bool), fitter)
+
+
+def _scheme(config: TrackConfig) -> str:
+    if config.backend not in ("mediapipe", "face-alignment"):
+        raise HeadsplatError(f"backend must be 'mediapipe' or 'face-alignment'; got {config.backend!r}")
+    return "ibug68" if config.backend == "face-alignment" else "mediapipe468"
+
+
+def _pick_face(faces: list[np.ndarray], index: int) -> np.ndarray:
+    """The `index`-th face's landmarks (faces come largest first)."""
+    if not 0 <= index < len(faces):
+        raise HeadsplatError(
+            f"--face-index {index} asked for, but {len(faces)} face(s) found; use 0 to {len(faces) - 1}"
+        )
+    return faces[index]
+
+
+@lru_cache(maxsize=2)
+def _fitter(num_identity: int, tracking_iterations: int, scheme: str = "mediapipe468") -> FaceFitter:
+    return FaceFitter(
+        FitConfig(num_identity=num_identity, tracking_iterations=tracking_iterations), scheme=scheme
+    )
+
+
+def track_frames(
+    frames: Iterable[np.ndarray],
+    fps: float,
+    config: TrackConfig | None = None,
+    total: int | None = None,
+    progress: Callable | None = None,
+) -> TrackResult:
+    """Track a face through video frames (RGB uint8) into an identity and a Motion at `fps`."""
+    config = config or TrackConfig()
+    scheme = _scheme(config)
+    if scheme == "ibug68":
+        landmarker = FaceAlignmentLandmarker(config.device)
+
+        def locate(frame: np.ndarray) -> np.ndarray | None:
+            faces = landmarker.faces(frame)
+            if not faces:
+                return None
+            last = next((r for r in reversed(raw) if r is not None), None)
+            if last is None:
+                return _pick_face(faces, config.face_index)
+            return min(faces, key=lambda p: float(np.linalg.norm(p.mean(0) - last[:, :2].mean(0))))
+    else:
+        tracker = FaceTracker(FaceTrackerConfig(detector=config.detector, num_threads=config.threads))
+
+        def locate(frame: np.ndarray) -> np.ndarray | None:
+            marks = tracker.track(frame, config.face_index)
+            return None if marks is None else marks.points
+
+    raw: list[np.ndarray | None] = []
+    size = None
+    iterator = progress(frames, total=total, desc="landmarks", unit="frame") if progress else frames
+    for frame in iterator:
+        size = (frame.shape[1], frame.shape[0])
+        raw.append(locate(frame))
+        if config.max_frames and len(raw) >= config.max_frames:
+            break
+    if not raw:
+        raise HeadsplatError("the video has no frames")
+    found = np.array([r is not None for r in raw])
+    if not found.any():
+        raise HeadsplatError("no face found in any frame of the video")
+    landmarks = _fill_gaps(raw, found)
+    if config.smoothing and len(landmarks) > 2:
+        landmarks = smooth_landmarks(landmarks, fps, config.min_cutoff, config.beta, zero_phase=True)
+    fitter = _fitter(config.num_identity, config.tracking_iterations, scheme)
+    # Identity and focal length from frames spread over the clip (only those where a face was seen).
+    seen = np.nonzero(found)[0]
+    keys = seen[np.linspace(0, len(seen) - 1, min(config.identity_frames, len(seen))).round().astype(int)]
+    key_fits = fitter.fit_frames([landmarks[i] for i in np.unique(keys)], size)
+    identity = Identity(key_fits[0].identity, focal_px=key_fits[0].focal_px, image_size=size)
+    fits: list[FaceFit] = []
+    steps = range(len(landmarks))
+    steps = progress(steps, desc="fitting", unit="frame") if progress else steps
+    for t in steps:
+        if not fits:
+            fits.append(fitter.start_track(identity, landmarks[t], size))
+        else:
+            fits.append(fitter.track(landmarks[t], fits[-1]))
+    rotation = np.stack([f.rotation for f in fits])
+    translation = np.stack([f.translation for f in fits])
+    rest_rotation = np.median(rotation, axis=0)
+    rest_translation = np.median(translation, axis=0)
+    rel_rot, rel_trans = relative_pose(rest_rotation, rest_translation, rotation, translation)
+    identity = Identity(identity.coefficients, rest_rotation, rest_translation, identity.focal_px, size)
+    expression = np.stack([f.expression for f in fits]).reshape(-1, NUM_EXPRESSIONS)
+    motion = Motion(expression, rel_rot, rel_trans, fps)
+    return TrackResult(identity, motion, fits, landmarks, found, fitter)
+
+
+def _fill_gaps(raw: list[np.ndarray | None], found: np.ndarray) -> np.ndarray:
+    """[T, N, C] landmarks with frames without a face linearly interpolated (held at the ends)."""
+    seen = np.nonzero(found)[0]
+    stack = np.stack([raw[i] for i in seen]).astype(np.float64)
+    if len(seen) == len(raw):
+        return stack
+    t = np.arange(len(raw))
+    flat = stack.reshape(len(seen), -1)
+    filled = np.empty((len(raw), flat.shape[1]))
+    for c in range(flat.shape[1]):
+        filled[:, c] = np.interp(t, seen, flat[:, c])
+    return filled.reshape(len(raw), *stack.shape[1:])
+
+
+# ------------------------------------------------------------------------------------------------
+# Overlays
+@lru_cache(maxsize=1)
+def _mesh_edges() -> tuple[np.ndarray, np.ndarray]:
+    regions = json.loads(REGIONS_FILE.read_text())
+    contours = [
+        pair
+        for name, pairs in regions.items()
+        if name != "tesselation" and "iris" not in name
+        for pair in pairs
+    ]
+    return np.asarray(regions["tesselation"]), np.asarray(contours)
+
+
+def draw_overlay(
+    image: np.ndarray, fit: FaceFit, fitter: FaceFitter, landmarks: np.ndarray | None = None
+) -> np.ndarray:
+    """The image with the fitted head drawn on it: faint mesh wireframe (cyan) and eye/lip/brow/oval contours
+    (yellow) of the fitted ICT model, and the detected contour landmarks (red dots) they should cover."""
+    fitted = np.full((fitter.num_landmarks, 2), np.nan)
+    fitted[fitter.landmark_index] = fitter.project_fit(fit)
+    scale = fit.inter_ocular_px / 150.0  # thicker lines and dots on big faces
+    shift = 4  # sub-pixel drawing: coordinates in 1/16 px
+    tess, contours = (
+        _mesh_edges() if fitter.scheme == "mediapipe468" else (np.zeros((0, 2), int), IBUG68_EDGES)
+    )
+
+    def lines(canvas, edges, colour, width):
+        a, b = fitted[edges[:, 0]], fitted[edges[:, 1]]
+        ok = np.isfinite(a).all(1) & np.isfinite(b).all(1)
+        segs = (np.stack([a[ok], b[ok]], 1) * (1 << shift)).round().astype(np.int32)
+        cv2.polylines(canvas, list(segs), False, colour, max(1, round(width * scale)), cv2.LINE_AA, shift)
+
+    wire = image.copy()
+    lines(wire, tess, (0, 220, 255), 1.0)
+    out = cv2.addWeighted(image, 0.6, wire, 0.4, 0.0)  # a faint mesh keeps the face visible underneath
+    lines(out, contours, (255, 230, 0), 1.0)
+    if landmarks is not None:
+        points = np.asarray(landmarks)[np.unique(contours), :2]
+        radius = round(max(0.7, 1.5 * scale) * (1 << shift))
+        for x, y in (points * (1 << shift)).round().astype(int):
+            cv2.circle(out, (int(x), int(y)), radius, (255, 40, 40), -1, cv2.LINE_AA, shift)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pipelines.track",
+        description="Track a face in a photo or video into an ICT identity and a motion (expressions + head pose).",
+    )
+    p.add_argument("input", help="photo (.jpg/.png/...) or video (.mp4/.mov/...) with a face")
+    p.add_argument(
+        "-o", "--output", help="motion file to write: .csv (ARKit / Live Link Face layout), .npz or .json"
+    )
+    p.add_argument(
+        "--identity", help="identity file to write (.json): ICT coefficients, rest pose and camera"
+    )
+    p.add_argument(
+        "--overlay",
+        help="write the fitted mesh drawn over the input (.mp4 for a video, .png/.jpg for a photo)",
+    )
+    p.add_argument(
+        "--face-index",
+        type=int,
+        default=0,
+        help="which face to use when there are several, largest first (default 0)",
+    )
+    p.add_argument(
+        "--detector",
+        choices=("auto", "short", "full"),
+        default="auto",
+        help="MediaPipe face detector: short range (near faces), full range (small/far faces) or both (default)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("mediapipe", "face-alignment"),
+        default="mediapipe",
+        help="landmarks: the shipped MediaPipe 468-point mesh (default) or the optional 68-point face-alignment "
+        "FAN (its package and weights must already be on disk; nothing is downloaded)",
+    )
+    p.add_argument(
+        "--num-identity", type=int, default=40, help="ICT identity modes to fit, up to 50 (default 40)"
+    )
+    p.add_argument(
+        "--identity-frames", type=int, default=8, help="video frames sharing the identity fit (default 8)"
+    )
+    p.add_argument("--no-smoothing", action="store_true", help="do not smooth the landmark track")
+    p.add_argument(
+        "--max-frames", type=int, default=0, help="only track the first N video frames (default: all)"
+    )
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for the landmark models (default 2)")
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="accepted for symmetry with the other CLIs; tracking runs on the CPU (TFLite + numpy)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="accepted for symmetry; tracking is deterministic")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _check_outputs(args) -> None:
+    if not (args.output or args.identity or args.overlay):
+        raise HeadsplatError(
+            "nothing to write: give -o motion.csv, --identity id.json and/or --overlay check.mp4"
+        )
+    if args.output and Path(args.output).suffix.lower() not in MOTION_SUFFIXES:
+        raise HeadsplatError(f"-o must end in {', '.join(MOTION_SUFFIXES)}; got {args.output!r}")
+    if args.identity and Path(args.identity).suffix.lower() != ".json":
+        raise HeadsplatError(f"--identity must be a .json file; got {args.identity!r}")
+    if args.face_index < 0:
+        raise HeadsplatError("--face-index must be 0 or more")
+    if not 0 <= args.num_identity <= 50:
+        raise HeadsplatError("--num-identity must be between 0 and 50")
+    for path in (args.output, args.identity, args.overlay):
+        if path and not Path(path).resolve().parent.is_dir():
+            raise HeadsplatError(f"output folder does not exist: {Path(path).parent}")
+
+
+def run(args) -> TrackResult:
+    _check_outputs(args)
+    device = args.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    config = TrackConfig(
+        face_index=args.face_index,
+        backend=args.backend,
+        device=device,
+        detector=args.detector,
+        num_identity=args.num_identity,
+        identity_frames=max(1, args.identity_frames),
+        smoothing=not args.no_smoothing,
+        threads=max(1, args.threads),
+        max_frames=max(0, args.max_frames),
+    )
+    progress = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        progress = tqdm
+    if is_image_path(args.input):
+        image = load_image(args.input)
+        if args.overlay and Path(args.overlay).suffix.lower() in (".mp4", ".mov", ".mkv", ".m4v"):
+            raise HeadsplatError("the input is a photo: write the overlay as .png or .jpg")
+        result = track_image(image, config)
+        if args.overlay:
+            save_image(draw_overlay(image, result.fits[0], result.fitter, result.landmarks[0]), args.overlay)
+    else:
+        video = read_video(args.input)
+        total = min(video.num_frames, config.max_frames) if config.max_frames else video.num_frames
+        result = track_frames(iter(video), video.fps, config, total=total or None, progress=progress)
+        if args.overlay:
+            if is_image_path(args.overlay):
+                raise HeadsplatError("the input is a video: write the overlay as .mp4")
+            with VideoWriter(args.overlay, video.fps) as out:
+                frames = zip(video, result.fits, result.landmarks)
+                if progress:
+                    frames = progress(frames, total=len(result.fits), desc="overlay", unit="frame")
+                for frame, fit, marks in frames:
+                    out.write(draw_overlay(frame, fit, result.fitter, marks))
+    if args.output:
+        save_motion(result.motion, args.output)
+    if args.identity:
+        save_identity(result.identity, args.identity)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # imageio-ffmpeg logs a warning for every rotated phone video, which read_video already handles.
+    logging.getLogger("imageio_ffmpeg").setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = run(args)
+        for text in _warn_count([w for w in caught if issubclass(w.category, UserWarning)]):
+            print(f"warning: {text}", file=sys.stderr)
+    except HeadsplatError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    missing = int((~result.found).sum())
+    summary = {
+        "frames": result.motion.num_frames,
+        "fps": result.motion.fps,
+        "frames_without_face": missing,
+        "landmark_error_iod": round(float(np.mean([f.relative_error for f in result.fits])), 4),
+        "focal_px": round(result.identity.focal_px, 1),
+        "rest_pose_deg": [round(math.degrees(a), 2) for a in result.identity.rotation],
+        "rest_translation_cm": [round(float(v), 2) for v in result.identity.translation],
+    }
+    if not args.quiet:
+        print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main())

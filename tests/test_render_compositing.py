@@ -1,0 +1,75 @@
+"""composite_over and paste_back: the crop lands where asked, edges fade, types are kept."""
+
+import numpy as np
+import pytest
+import torch
+
+from renderers import composite_over, paste_back
+
+
+def test_composite_over_works_for_torch_and_numpy():
+    rgb = torch.tensor([[[0.4, 0.2, 0.0], [0.0, 0.0, 0.0]]])  # premultiplied
+    alpha = torch.tensor([[0.5, 0.0]])
+    out = composite_over(rgb, alpha, (1.0, 1.0, 1.0))
+    torch.testing.assert_close(out, torch.tensor([[[0.9, 0.7, 0.5], [1.0, 1.0, 1.0]]]))
+    image_bg = np.full((1, 2, 3), 0.2, np.float32)
+    out_np = composite_over(rgb.numpy(), alpha.numpy(), image_bg)
+    assert isinstance(out_np, np.ndarray)
+    np.testing.assert_allclose(out_np, [[[0.5, 0.3, 0.1], [0.2, 0.2, 0.2]]], rtol=1e-6)
+    with pytest.raises(ValueError, match="alpha"):
+        composite_over(rgb, alpha[:, :1], (1.0, 1.0, 1.0))
+
+
+def frame_and_crop():
+    frame = np.zeros((60, 80, 3), np.uint8)
+    frame[..., 2] = 200  # blue frame
+    crop = np.zeros((20, 30, 3), np.float32)
+    crop[..., 0] = 250  # red crop
+    return frame, crop
+
+
+def test_paste_back_with_a_box_and_no_feather_replaces_exactly_the_box():
+    frame, crop = frame_and_crop()
+    out = paste_back(crop, np.ones((20, 30), np.float32), frame, (10, 5, 40, 25), feather_px=0)
+    assert out.dtype == np.uint8 and out.shape == frame.shape
+    assert (out[5:25, 10:40] == [250, 0, 0]).all()
+    outside = np.ones((60, 80), bool)
+    outside[5:25, 10:40] = False
+    assert (out[outside] == [0, 0, 200]).all()
+
+
+def test_paste_back_feathers_the_edge_inside_the_mask():
+    frame, crop = frame_and_crop()
+    out = paste_back(crop, np.ones((20, 30), np.float32), frame, (10, 5, 40, 25), feather_px=8)
+    red = out[15, :, 0].astype(int)  # a row through the middle of the box
+    assert red[25] == 250  # centre: all crop
+    assert red[9] == 0 and red[41] == 0  # outside the box: all frame
+    assert 0 < red[11] < red[13] < red[17] <= 250  # a ramp inside the box edge, rising inwards
+    assert (np.diff(red[10:26]) >= 0).all()
+
+
+def test_paste_back_with_an_affine_matches_the_equivalent_box_and_keeps_torch_types():
+    frame, crop = frame_and_crop()
+    mask = np.ones((20, 30), np.float32)
+    mask[:, :5] = 0  # only part of the crop is pasted
+    by_box = paste_back(crop, mask, frame, (10, 5, 70, 45), feather_px=4)  # 2x upscale
+    affine = np.array([[2.0, 0.0, 10.5], [0.0, 2.0, 5.5]])  # centre (0, 0) -> (10.5, 5.5)
+    by_affine = paste_back(torch.from_numpy(crop), torch.from_numpy(mask), torch.from_numpy(frame), affine, 4)
+    assert isinstance(by_affine, torch.Tensor) and by_affine.dtype == torch.uint8
+    np.testing.assert_array_equal(by_affine.numpy(), by_box)
+    assert (by_box[25, 15] == [0, 0, 200]).all()  # masked-out part of the crop shows the frame
+    assert (by_box[25, 50] == [250, 0, 0]).all()
+
+
+def test_paste_back_float_frames_and_bad_arguments():
+    frame = np.zeros((10, 10, 3), np.float32)
+    out = paste_back(np.ones((4, 4, 3), np.float32), np.ones((4, 4)), frame, (2, 2, 6, 6), feather_px=0)
+    assert out.dtype == np.float32 and out[3, 3, 0] == 1.0 and out[0, 0, 0] == 0.0
+    with pytest.raises(ValueError, match="box"):
+        paste_back(np.ones((4, 4, 3)), np.ones((4, 4)), frame, (6, 6, 2, 2))
+    with pytest.raises(ValueError, match="crop_mask"):
+        paste_back(np.ones((4, 4, 3)), np.ones((3, 4)), frame, (2, 2, 6, 6))
+    with pytest.raises(ValueError, match="affine"):
+        paste_back(np.ones((4, 4, 3)), np.ones((4, 4)), frame, np.eye(3))
+    with pytest.raises(ValueError, match="feather"):
+        paste_back(np.ones((4, 4, 3)), np.ones((4, 4)), frame, (2, 2, 6, 6), feather_px=-1)
