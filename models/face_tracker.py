@@ -7,6 +7,8 @@ y down). Decoding files is `pipelines.image_io`'s job. The models are Google's M
 - `FaceTracker.detect(image)`: all faces, largest first (anchor decoding + weighted NMS as MediaPipe does).
 - `FaceTracker.landmarks(image, roi)`: 468 points (x, y in pixels, z relative depth in pixels) for a
   rotated square region of interest (`FaceRoi`), with a face-presence score.
+- `FaceTracker.iris(image, landmarks)`: the two iris centres (MediaPipe iris model) for gaze; on by default,
+  stored in `FaceLandmarks.iris`, and `FaceLandmarks.with_iris()` gives the [470, 3] array the fitter takes.
 - `FaceTracker.track(frame)`: video mode; the next crop comes from the previous landmarks and the detector
   only runs when the track is lost (presence below threshold) or on the first frame.
 
@@ -123,6 +125,16 @@ class FaceLandmarks:
     points: np.ndarray  # [468, 3] x, y (pixels) and z (relative depth, pixels, smaller is nearer)
     presence: float  # face-presence probability in [0, 1]
     roi: FaceRoi  # the crop they came from
+    iris: np.ndarray | None = (
+        None  # [2, 2] iris centres (pixels), subject's right eye then left; None if not run
+    )
+
+    def with_iris(self) -> np.ndarray:
+        """[470, 3] points: the 468 mesh points, then the two iris centres (z = 0), as `FaceFitter` takes them
+        to fit gaze too; just the [468, 3] mesh when the iris was not located."""
+        if self.iris is None:
+            return self.points
+        return np.concatenate([self.points, np.c_[self.iris, np.zeros(2, np.float32)]]).astype(np.float32)
 
     @property
     def inter_ocular(self) -> float:
@@ -146,6 +158,8 @@ class FaceTrackerConfig:
     """Crop side / face size: 1.5 leaves a 25% margin on each side, as MediaPipe does."""
     min_presence: float = 0.5
     """Below this face-presence probability a track is lost and the detector runs again."""
+    iris: bool = True
+    """Also locate the two iris centres (MediaPipe iris model, ~2 ms) for gaze."""
     weights_dir: str | None = None
     """Folder with the .tflite files; None uses the shipped weights/mediapipe/."""
 
@@ -298,6 +312,7 @@ class FaceTracker:
         # Output order differs between converter versions: pick by size (1404 points, 1 score).
         self._mesh_points = next(d["index"] for d in details if int(np.prod(d["shape"])) == NUM_LANDMARKS * 3)
         self._mesh_score = next(d["index"] for d in details if int(np.prod(d["shape"])) == 1)
+        self._iris = None  # the iris interpreter, loaded on first use
         self._track: FaceRoi | None = None
         self._previous_track: FaceRoi | None = None
         self._last_landmarks: FaceLandmarks | None = None
@@ -386,6 +401,49 @@ class FaceTracker:
         points[:, 2] = raw[:, 2] * (roi.size / size)  # z shares x's scale in the crop
         return FaceLandmarks(points, presence, roi)
 
+    #: Eye corners (outer, inner) of the subject's right and left eye, and the iris crop size / eye width.
+    EYES = ((33, 133), (263, 362))
+    IRIS_INPUT, IRIS_CROP_SCALE = 64, 2.3
+
+    def iris(self, image: np.ndarray, landmarks: FaceLandmarks) -> np.ndarray:
+        """Iris centres [2, 2] (pixels) of the subject's right and left eye, from MediaPipe's iris model.
+
+        The model was trained on the subject's left eye as seen in the image; the other eye's crop is
+        mirrored (as MediaPipe's iris graph does) and the result mirrored back.
+        """
+        if self._iris is None:
+            self._iris = _load_interpreter(self.weights_dir / "iris_landmark.tflite", self.config.num_threads)
+            details = self._iris.get_output_details()
+            self._iris_in = self._iris.get_input_details()[0]["index"]
+            self._iris_out = next(d["index"] for d in details if int(np.prod(d["shape"])) == 15)
+        size = self.IRIS_INPUT
+        centres = np.zeros((2, 2), np.float32)
+        for eye, (outer, inner) in enumerate(self.EYES):
+            a, b = landmarks.points[outer, :2], landmarks.points[inner, :2]
+            left_to_right = b - a if eye == 0 else a - b  # along the image's x for an upright face
+            roi = FaceRoi(
+                (a + b) / 2,
+                float(np.linalg.norm(b - a)) * self.IRIS_CROP_SCALE,
+                math.atan2(left_to_right[1], left_to_right[0]),
+            )
+            crop = sample_crop(image, roi, size)
+            mirrored = eye == 0
+            if mirrored:
+                crop = crop[:, ::-1]
+            self._iris.set_tensor(self._iris_in, np.ascontiguousarray(crop, np.float32)[None] / 255.0)
+            self._iris.invoke()
+            centre = self._iris.get_tensor(self._iris_out).reshape(5, 3)[0, :2].copy()
+            if mirrored:
+                centre[0] = size - centre[0]
+            affine = roi.crop_to_image(size)
+            centres[eye] = affine[:, :2] @ centre + affine[:, 2]
+        return centres
+
+    def _with_iris(self, image: np.ndarray, marks: FaceLandmarks) -> FaceLandmarks:
+        if self.config.iris:
+            marks.iris = self.iris(image, marks)
+        return marks
+
     def refine(self, image: np.ndarray, landmarks: FaceLandmarks) -> FaceLandmarks:
         """Run the mesh again on the crop derived from `landmarks` (tighter and better aligned than a detection)."""
         return self.landmarks(image, roi_from_landmarks(landmarks.points, self.config.roi_scale))
@@ -403,7 +461,7 @@ class FaceTracker:
         for detection in self.detect(image):
             marks = self._landmarks_from_detection(image, detection)
             _warn_if_small(marks)
-            out.append(marks)
+            out.append(self._with_iris(image, marks))
         return out
 
     # ------------------------------------------------------------------------------------------
@@ -425,7 +483,7 @@ class FaceTracker:
             if marks.presence >= self.config.min_presence:
                 self._set_track(roi_from_landmarks(marks.points, self.config.roi_scale))
                 self._last_landmarks = marks
-                return marks
+                return self._with_iris(frame, marks)
         self.redetections += 1
         detections = self.detect(frame)
         if not detections:
@@ -449,7 +507,7 @@ class FaceTracker:
         self._previous_track = None
         self._set_track(roi_from_landmarks(marks.points, self.config.roi_scale))
         self._last_landmarks = marks
-        return marks
+        return self._with_iris(frame, marks)
 
     def _set_track(self, roi: FaceRoi) -> None:
         self._previous_track, self._track = self._track, roi

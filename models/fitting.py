@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +26,8 @@ import torch
 from torch import Tensor
 
 from models.errors import HeadsplatError
-from models.head_model import HeadModel
-from models.latent import EXPRESSION_INDEX, NUM_EXPRESSIONS, Identity
+from models.head_model import VERTEX_REGIONS, HeadModel
+from models.latent import EXPRESSION_INDEX, EYE_LOOK_RANGE_RAD, NUM_EXPRESSIONS, Identity
 from models.transforms import euler_to_matrix, matrix_to_euler
 
 CORRESPONDENCE = Path(__file__).resolve().parents[1] / "weights" / "ict_mediapipe_correspondence.npz"
@@ -206,8 +206,9 @@ class FitConfig:
     contour_weight: float = 2.0
     """Extra weight of lip and eyelid contour points (they carry mouth and blink)."""
     fit_gaze: bool = False
-    """Fit the eyeLook* shapes; off by default: the 468-point mesh has no iris, so gaze is unobservable
-    and those shapes would only trade off against blinks."""
+    """Let the landmark fit move the eyeLook* shapes; off by default: ICT's eyeLook shapes move only the
+    lids, the 468-point mesh has no iris, so they would only trade off against blinks. Gaze comes from
+    the iris centres instead (`FaceFitter.fit_gaze`)."""
     iterations: int = 30
     """Levenberg–Marquardt iterations of a full single-image fit."""
     tracking_iterations: int = 4
@@ -225,6 +226,7 @@ class _Frame:
         default_factory=lambda: np.zeros(NUM_EXPRESSIONS + 6)
     )  # w, rotation, translation
     px_per_cm: float = 0.0  # depth scale (focal / distance), held fixed during one solve so the cost is exact
+    iris: np.ndarray | None = None  # [2, 2] observed iris centres (pixels), if any
 
 
 def _euler_derivatives(angles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -312,10 +314,73 @@ class FaceFitter:
             for name, i in EXPRESSION_INDEX.items():
                 if name.startswith("eyeLook"):
                     self.frame_free[i] = False
+        self._setup_eyes(head)
         self._eye_rows = (
             int(np.nonzero(self.landmark_index == self._right_eye)[0][0]),
             int(np.nonzero(self.landmark_index == self._left_eye)[0][0]),
         )
+
+    def _setup_eyes(self, head: HeadModel) -> None:
+        """Eyeball rotation centres (a sphere fitted to each eyeball, cornea excluded) and the cornea apex."""
+        neutral = head.neutral.numpy().astype(np.float64)
+        basis = head.identity_basis[: self.num_identity].reshape(self.num_identity, -1, 3).double().numpy()
+        centres, apexes, shifts = [], [], []
+        for side in ("right", "left"):  # subject's right eye first, as the iris centres come
+            start, stop = VERTEX_REGIONS[f"eyeball_{side}"]
+            iris_start, iris_stop = VERTEX_REGIONS[f"iris_{side}"]
+            ball = np.setdiff1d(np.arange(start, stop), np.arange(iris_start, iris_stop))
+            pts = neutral[ball]
+            solution = np.linalg.lstsq(np.c_[2 * pts, np.ones(len(pts))], (pts**2).sum(1), rcond=None)[0]
+            iris = np.arange(iris_start, iris_stop)
+            apex = iris[np.argmax(neutral[iris, 2])]  # the front of the cornea
+            centres.append(solution[:3])
+            apexes.append(neutral[apex])
+            # Identity moves an eyeball rigidly (to first order): by its vertices' mean offset.
+            shifts.append(basis[:, start:stop].mean(1))
+        self._eye_centre = np.stack(centres)  # [2, 3] head cm
+        self._eye_gaze = np.stack(apexes) - self._eye_centre  # [2, 3] centre → cornea apex at rest
+        self._eye_shift = np.stack(shifts, 1) if self.num_identity else np.zeros((0, 2, 3))  # [K, 2, 3]
+
+    def fit_gaze(self, fit: FaceFit, iris: np.ndarray) -> FaceFit:
+        """`fit` with its eyeLook* weights set from iris centres [2, 2] (pixels; subject's right, left).
+
+        Each eyeball turns about its centre (yaw, pitch relative to the head) until its cornea apex projects
+        onto the iris centre; angles map to the eyeLook shapes at `EYE_LOOK_RANGE_RAD` per unit weight.
+        """
+        iris = np.asarray(iris, np.float64)
+        if iris.shape != (2, 2) or not np.all(np.isfinite(iris)):
+            raise HeadsplatError(f"iris centres must be a finite [2, 2] array; got {list(iris.shape)}")
+        head_rot, _ = _euler_derivatives(np.asarray(fit.rotation, np.float64))
+        shift = np.tensordot(np.asarray(fit.identity, np.float64)[: self.num_identity], self._eye_shift, 1)
+        camera = fit.camera
+        expression = fit.expression.astype(np.float64).copy()
+        for eye, side in enumerate(("_R", "_L")):
+            centre = self._eye_centre[eye] + (shift[eye] if len(shift) else 0.0)
+
+            def iris_px(angles, centre=centre, eye=eye):
+                turn, _ = _euler_derivatives(np.array([angles[1], angles[0], 0.0]))  # (yaw, pitch) → R
+                point = centre + turn @ self._eye_gaze[eye]
+                world = (point - self.pivot) @ head_rot.T + self.pivot + fit.translation
+                return project(world[None], camera)[0]
+
+            angles = np.zeros(2)  # yaw, pitch of the eye in the head frame
+            for _ in range(6):  # Gauss–Newton with a finite-difference Jacobian (2 unknowns, 2 residuals)
+                r = iris_px(angles) - iris[eye]
+                jac = np.stack(
+                    [(iris_px(angles + d) - iris_px(angles - d)) / 2e-4 for d in np.eye(2) * 1e-4], 1
+                )
+                angles = np.clip(angles - np.linalg.lstsq(jac, r, rcond=None)[0], -0.8, 0.8)
+            yaw, pitch = angles / EYE_LOOK_RANGE_RAD
+            # Looking out turns the left eye towards +x (positive yaw) and the right eye towards −x.
+            out = yaw if side == "_L" else -yaw
+            for name, value in (
+                ("eyeLookOut", out),
+                ("eyeLookIn", -out),
+                ("eyeLookDown", pitch),
+                ("eyeLookUp", -pitch),
+            ):
+                expression[EXPRESSION_INDEX[name + side]] = np.clip(value, 0.0, 1.0)
+        return replace(fit, expression=expression.astype(np.float32))
 
     # --------------------------------------------------------------------------------------------
     def points(self, identity: np.ndarray, expression: np.ndarray, rotation, translation) -> np.ndarray:
@@ -345,18 +410,22 @@ class FaceFitter:
     def _observe(self, landmarks: np.ndarray) -> _Frame:
         landmarks = np.asarray(landmarks, np.float64)
         n = self.num_landmarks
-        if landmarks.ndim != 2 or landmarks.shape[0] != n or landmarks.shape[1] not in (2, 3):
+        rows = (n, n + 2) if self.scheme == "mediapipe468" else (n,)
+        if landmarks.ndim != 2 or landmarks.shape[0] not in rows or landmarks.shape[1] not in (2, 3):
+            shapes = " or ".join(f"[{r}, 2|3]" for r in rows)
             raise HeadsplatError(
-                f"this fitter ({self.scheme}) needs landmarks [{n}, 2|3]; got {list(landmarks.shape)}"
+                f"this fitter ({self.scheme}) needs landmarks {shapes}; got {list(landmarks.shape)}"
             )
         if not np.all(np.isfinite(landmarks)):
             raise HeadsplatError("landmarks contain NaN or infinite values")
+        # MediaPipe rows 468 and 469, when present, are the iris centres (subject's right, left): gaze.
+        iris = landmarks[n : n + 2, :2].copy() if landmarks.shape[0] == n + 2 else None
         pts = landmarks[self.landmark_index]
         scale = float(np.linalg.norm(landmarks[self._right_eye, :2] - landmarks[self._left_eye, :2]))
         if scale < 1e-3:
             raise HeadsplatError("landmarks are degenerate (both eye corners at one point)")
         depth = pts[:, 2] if landmarks.shape[1] == 3 and self.config.depth_weight > 0 else None
-        return _Frame(pts[:, :2].copy(), depth, scale)
+        return _Frame(pts[:, :2].copy(), depth, scale, iris=iris)
 
     # --------------------------------------------------------------------------------------------
     def _residuals(
@@ -674,6 +743,10 @@ class FaceFitter:
         return self._result(frame, shared, size)
 
     def _result(self, frame: _Frame, shared: np.ndarray, size) -> FaceFit:
+        fit = self._plain_result(frame, shared, size)
+        return fit if frame.iris is None else self.fit_gaze(fit, frame.iris)
+
+    def _plain_result(self, frame: _Frame, shared: np.ndarray, size) -> FaceFit:
         k = self.num_identity
         _, uv = self._residuals(frame, shared, size, False)
         error = float(np.linalg.norm(uv - frame.uv, axis=1).mean())
@@ -729,7 +802,7 @@ class OneEuroFilter:
 
 
 def smooth_landmarks(
-    sequence: np.ndarray,  # [T, N, 2|3] pixels, N = 468 (MediaPipe) or 68 (iBUG)
+    sequence: np.ndarray,  # [T, N, 2|3] pixels, N = 468 (MediaPipe), 470 (+ iris centres) or 68 (iBUG)
     fps: float,
     min_cutoff: float = 1.0,
     beta: float = 5.0,
@@ -742,8 +815,9 @@ def smooth_landmarks(
     """
     seq = np.asarray(sequence, np.float64)
     schemes = {n: eyes for n, eyes, _, _ in LANDMARK_SCHEMES.values()}
+    schemes[470] = schemes[468]  # MediaPipe mesh + 2 iris centres
     if seq.ndim != 3 or seq.shape[1] not in schemes or seq.shape[2] not in (2, 3):
-        raise HeadsplatError(f"landmark sequence must be [T, 468 or 68, 2|3]; got {list(seq.shape)}")
+        raise HeadsplatError(f"landmark sequence must be [T, 468|470|68, 2|3]; got {list(seq.shape)}")
     if len(seq) < 2:
         return seq.copy()
     right, left = schemes[seq.shape[1]]

@@ -69,6 +69,8 @@ class TrackConfig:
     """Solver iterations per video frame (warm-started from the previous frame)."""
     threads: int = 2
     """CPU threads for the landmark models."""
+    iris: bool = True
+    """Locate the irises and fit gaze (eyeLook* shapes); MediaPipe backend only."""
     max_frames: int = 0
     """Stop after this many video frames (0: the whole video)."""
 
@@ -102,8 +104,10 @@ def track_image(
     if _scheme(config) == "ibug68":
         faces = FaceAlignmentLandmarker(config.device).faces(image)
     else:
-        tracker = FaceTracker(FaceTrackerConfig(detector=config.detector, num_threads=config.threads))
-        faces = [marks.points for marks in tracker.faces(image)]
+        tracker = FaceTracker(
+            FaceTrackerConfig(detector=config.detector, num_threads=config.threads, iris=config.iris)
+        )
+        faces = [marks.with_iris() for marks in tracker.faces(image)]
     if not faces:
         raise HeadsplatError(
             "no face found in the image; use a photo where the face is visible and upright-ish"
@@ -161,11 +165,13 @@ def track_frames(
                 return _pick_face(faces, config.face_index)
             return min(faces, key=lambda p: float(np.linalg.norm(p.mean(0) - last[:, :2].mean(0))))
     else:
-        tracker = FaceTracker(FaceTrackerConfig(detector=config.detector, num_threads=config.threads))
+        tracker = FaceTracker(
+            FaceTrackerConfig(detector=config.detector, num_threads=config.threads, iris=config.iris)
+        )
 
         def locate(frame: np.ndarray) -> np.ndarray | None:
             marks = tracker.track(frame, config.face_index)
-            return None if marks is None else marks.points
+            return None if marks is None else marks.with_iris()
 
     raw: list[np.ndarray | None] = []
     size = None
@@ -240,7 +246,8 @@ def draw_overlay(
     image: np.ndarray, fit: FaceFit, fitter: FaceFitter, landmarks: np.ndarray | None = None
 ) -> np.ndarray:
     """The image with the fitted head drawn on it: faint mesh wireframe (cyan) and eye/lip/brow/oval contours
-    (yellow) of the fitted ICT model, and the detected contour landmarks (red dots) they should cover."""
+    (yellow) of the fitted ICT model, and the detected contour landmarks (red dots) they should cover; iris
+    centres in green."""
     fitted = np.full((fitter.num_landmarks, 2), np.nan)
     fitted[fitter.landmark_index] = fitter.project_fit(fit)
     scale = fit.inter_ocular_px / 150.0  # thicker lines and dots on big faces
@@ -264,6 +271,9 @@ def draw_overlay(
         radius = round(max(0.7, 1.5 * scale) * (1 << shift))
         for x, y in (points * (1 << shift)).round().astype(int):
             cv2.circle(out, (int(x), int(y)), radius, (255, 40, 40), -1, cv2.LINE_AA, shift)
+        if len(landmarks) == 470:  # iris centres (gaze) in green
+            for x, y in (np.asarray(landmarks)[468:, :2] * (1 << shift)).round().astype(int):
+                cv2.circle(out, (int(x), int(y)), radius * 2, (40, 255, 40), -1, cv2.LINE_AA, shift)
     return out
 
 
@@ -319,8 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--device",
         choices=("auto", "cpu", "cuda"),
         default="auto",
-        help="accepted for symmetry with the other CLIs; tracking runs on the CPU (TFLite + numpy)",
+        help="device of the face-alignment backend (auto: cuda if available); MediaPipe and the fit always run "
+        "on the CPU (TFLite + numpy)",
     )
+    p.add_argument("--no-iris", action="store_true", help="skip the iris model: no gaze (eyeLook* stay 0)")
     p.add_argument("--seed", type=int, default=0, help="accepted for symmetry; tracking is deterministic")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -360,6 +372,7 @@ def run(args) -> TrackResult:
         identity_frames=max(1, args.identity_frames),
         smoothing=not args.no_smoothing,
         threads=max(1, args.threads),
+        iris=not args.no_iris,
         max_frames=max(0, args.max_frames),
     )
     progress = None

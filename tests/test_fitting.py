@@ -275,5 +275,33 @@ def test_68_point_landmarks_are_fitted_with_ict_landmark_vertices(head):
     # 68 points without depth pin the head less tightly than the 468-point mesh: looser bounds.
     assert np.degrees(np.abs(fit.rotation - rotation)).max() < 2.0
     assert abs(fit.expression[EXPRESSION_INDEX["jawOpen"]] - expression[EXPRESSION_INDEX["jawOpen"]]) < 0.1
-    with pytest.raises(HeadsplatError, match=r"\[68, 2\|3\]"):
+    with pytest.raises(HeadsplatError, match=r"\[68, 2\|3\]; got \[468, 3\]"):
         fitter68.fit_image(np.zeros((468, 3)), (640, 480))
+
+
+def test_gaze_follows_the_iris_centres(head, photos):
+    image = photos["astronaut"]
+    marks = FaceTracker().faces(image)[0]
+    assert marks.iris is not None and marks.iris.shape == (2, 2)
+    fitter = FaceFitter(head=head)
+    fit = fitter.fit_image(marks.with_iris(), (image.shape[1], image.shape[0]))
+
+    def look(name):
+        return float(fit_shifted.expression[EXPRESSION_INDEX[name]] - fit.expression[EXPRESSION_INDEX[name]])
+
+    # She looks at the camera: every eye turn is small.
+    looks = [n for n in EXPRESSION_INDEX if n.startswith("eyeLook")]
+    assert max(fit.expression[EXPRESSION_INDEX[n]] for n in looks) < 0.35
+    step = 0.08 * marks.inter_ocular  # about 10° of eye turn
+    # Both irises move to the image's right = towards the subject's left: left eye looks out, right eye in.
+    fit_shifted = fitter.fit_gaze(fit, marks.iris + [step, 0])
+    assert look("eyeLookOut_L") > 0.15 and look("eyeLookIn_R") > 0.15
+    # Irises move up in the image: both eyes look up.
+    fit_shifted = fitter.fit_gaze(fit, marks.iris - [0, step])
+    assert (
+        look("eyeLookUp_L") + look("eyeLookDown_L") * -1 > 0.15
+        and look("eyeLookUp_R") - look("eyeLookDown_R") > 0.15
+    )
+    # Gaze changes nothing else.
+    rest = [i for n, i in EXPRESSION_INDEX.items() if not n.startswith("eyeLook")]
+    np.testing.assert_array_equal(fit_shifted.expression[rest], fit.expression[rest])

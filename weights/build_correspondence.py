@@ -210,7 +210,9 @@ def build() -> dict[str, np.ndarray]:
         for index, (a, b, frac, point) in lids.items():
             corner_ids[index], bary[index] = (a, b, b), (1 - frac, frac, 0.0)
             dist[index] = np.linalg.norm(point - aligned[index])
-        print(f"    eyelid points: mean {np.mean([dist[i] for i in lids]):.3f} cm from the aligned MediaPipe lid")
+        print(
+            f"    eyelid points: mean {np.mean([dist[i] for i in lids]):.3f} cm from the aligned MediaPipe lid"
+        )
         print(
             f"round {round_}: mean distance {dist.mean():.3f} cm, median {np.median(dist):.3f}, "
             f"over {MAX_DISTANCE_CM} cm: {(dist > MAX_DISTANCE_CM).sum()}"
