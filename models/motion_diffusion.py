@@ -32,6 +32,10 @@ LIP_COLUMNS: tuple[int, ...] = tuple(
     if s in EXPRESSION_INDEX
 )
 BLINK_COLUMNS = (EXPRESSION_INDEX["eyeBlink_L"], EXPRESSION_INDEX["eyeBlink_R"])
+#: Lip columns the voice-activity gate scales: articulation only, so an emotion's smile survives silence.
+GATED_COLUMNS: tuple[int, ...] = tuple(
+    c for c in LIP_COLUMNS if c not in (EXPRESSION_INDEX["mouthSmile_L"], EXPRESSION_INDEX["mouthSmile_R"])
+)
 
 
 @dataclass(frozen=True)
@@ -353,8 +357,7 @@ def postprocess(values: np.ndarray, activity: np.ndarray, controls: GenerationCo
     values = values.copy()
     if controls.voice_gate and activity.size:
         gate = np.clip(activity * 1.5, 0, 1)[:, None]
-        lips = list(LIP_COLUMNS)
-        values[:, lips] *= gate
+        values[:, list(GATED_COLUMNS)] *= gate
     motion = array_to_motion(values, fps)
     if controls.still:
         motion.rotation[:] = 0
@@ -385,16 +388,13 @@ def generate_frames(
                 f"audio features must be [T, {net.config.audio_dim}], got {list(block.shape)}"
             )
         buffer = np.concatenate([buffer, block])
-        while buffer.shape[0] >= chunk + lookahead and not (last and buffer.shape[0] <= chunk + lookahead):
-            out = gen.step(torch.from_numpy(buffer[: chunk + lookahead]), final=False)
+        window = chunk + lookahead
+        # Mid-stream, a full window is needed; at the end, the last (at most one window of) frames go at once.
+        while buffer.shape[0] > window or (not last and buffer.shape[0] == window):
+            out = gen.step(torch.from_numpy(buffer[:window]), final=False)
             buffer = buffer[out.shape[0] :]
             yield net.denormalize(out).numpy()
         if last:
             if buffer.shape[0]:
-                # The tail can exceed one window: split it so no window outgrows the positional table.
-                while buffer.shape[0] > chunk + lookahead:
-                    out = gen.step(torch.from_numpy(buffer[: chunk + lookahead]), final=False)
-                    buffer = buffer[out.shape[0] :]
-                    yield net.denormalize(out).numpy()
                 yield net.denormalize(gen.step(torch.from_numpy(buffer), final=True)).numpy()
             return

@@ -42,7 +42,7 @@ from models.motion_diffusion import (
     motion_to_array,
     postprocess,
 )
-from models.visemes import EMOTIONS, bilabial_closure, mouth_opening
+from models.visemes import EMOTIONS, bilabial_closure, mouth_opening, teacher_motion
 from pipelines.audio_io import AUDIO_SUFFIXES, VIDEO_SUFFIXES, load_audio
 from pipelines.files import atomic_output, require_file
 from pipelines.motion_io import MOTION_SUFFIXES, load_motion
@@ -118,8 +118,14 @@ def make_clip(audio: np.ndarray, motion: Motion, name: str, fps: float, emotion:
     return Clip(feats.values, values[:t], _emotion_vector(emotion, strength), blink_rate, name, list(phones))
 
 
-def corpus_clips(root: Path, fps: float, progress: bool = True) -> tuple[list[Clip], list[Clip]]:
-    """(training, held-out) clips of a synthetic corpus folder (its manifest.jsonl)."""
+def corpus_clips(
+    root: Path, fps: float, relabel: bool = False, progress: bool = True
+) -> tuple[list[Clip], list[Clip]]:
+    """(training, held-out) clips of a synthetic corpus folder (its manifest.jsonl).
+
+    `relabel` recomputes each clip's motion with the current teacher from the stored phones and
+    controls (after a teacher change there is no need to synthesise and align the speech again).
+    """
     from tqdm import tqdm
 
     manifest = require_file(root / "manifest.jsonl", "corpus manifest")
@@ -128,9 +134,17 @@ def corpus_clips(root: Path, fps: float, progress: bool = True) -> tuple[list[Cl
     for line in tqdm(lines, desc="reading corpus", disable=not progress):
         entry = json.loads(line)
         audio = load_audio(root / entry["audio"])
-        motion = load_motion(root / entry["motion"])
         controls = entry.get("controls", {})
         phones = [Phone(label, start, end) for label, start, end in entry.get("phones", [])]
+        if relabel:
+            feats = speech_features(audio, fps=fps)
+            motion = teacher_motion(
+                phones, feats.num_frames, fps, feats.energy_db, feats.f0_hz, None, seed=controls.get("seed", 0),
+                emotion=controls.get("emotion", "neutral"), emotion_strength=controls.get("emotion_strength", 0.0),
+                blink_rate=controls.get("blink_rate", 1.0),
+            )  # fmt: skip
+        else:
+            motion = load_motion(root / entry["motion"])
         clip = make_clip(
             audio, motion, entry["id"], fps, controls.get("emotion", "neutral"),
             controls.get("emotion_strength", 0.0), controls.get("blink_rate", 1.0), phones,
@@ -218,7 +232,7 @@ def sample_batch(
     has_context = rng.random() >= config.context_dropout
     lengths = np.array([c.motion.shape[0] for c in clips])
     longest = config.model.max_frames - (context if has_context else 0)
-    new = int(rng.integers(6, max(7, min(longest, 96))))
+    new = int(rng.integers(6, max(7, min(longest, 64))))
     total = new + (context if has_context else 0)
     eligible = np.flatnonzero(lengths >= total)
     if eligible.size == 0:
@@ -376,9 +390,9 @@ def _config_dict(config: TrainConfig) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------
-def train(clips: Sequence[Clip], config: TrainConfig, eval_clips: Sequence[Clip] = (), out: Path | None = None,
+def train(clips: Sequence[Clip], config: TrainConfig, eval_clips: Sequence[Clip] = (), checkpoint: Path | None = None,
           resume: Path | None = None, progress: bool = True, log: Callable[[str], None] = print) -> tuple[MotionDenoiser, dict]:  # fmt: skip
-    """Train on `clips`; returns the EMA network and a summary (losses, eval scores)."""
+    """Train on `clips` (checkpointing every 500 steps to `checkpoint`); returns the EMA network and a summary."""
     from tqdm import tqdm
 
     if not clips:
@@ -399,15 +413,16 @@ def train(clips: Sequence[Clip], config: TrainConfig, eval_clips: Sequence[Clip]
     ema.load_state_dict(net.state_dict())
     ema.requires_grad_(False)
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    checkpoint = out.with_name(out.stem + ".checkpoint.safetensors") if out is not None else None
     step = 0
     if resume is not None:
         step = load_checkpoint(resume, net, ema, optimizer)
         log(f"resumed from {resume} at step {step}")
 
-    def lr_at(i: int) -> float:
+    def lr_at(i: int, elapsed: float) -> float:
+        # The cosine runs over whichever budget (steps or minutes) will run out first.
+        done = min(1.0, max(i / config.steps, elapsed / (config.minutes * 60)))
         warm = min(1.0, (i + 1) / 200)
-        return config.lr * warm * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, i / config.steps))))
+        return config.lr * warm * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * done)))
 
     start = time.perf_counter()
     losses = []
@@ -415,7 +430,7 @@ def train(clips: Sequence[Clip], config: TrainConfig, eval_clips: Sequence[Clip]
     net.train()
     while step < config.steps and (time.perf_counter() - start) < config.minutes * 60:
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step)
+            group["lr"] = lr_at(step, time.perf_counter() - start)
         loss = diffusion_loss(net, sample_batch(clips, config, rng), config, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -463,6 +478,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, required=True, help="weights to write (.safetensors; a .json goes beside)"
     )
+    parser.add_argument("--checkpoint", type=Path,
+                        help="where to keep the resumable checkpoint (default: OUT.checkpoint.safetensors)")  # fmt: skip
+    parser.add_argument("--relabel", action="store_true",
+                        help="recompute corpus motion with the current teacher from the stored phones")  # fmt: skip
     parser.add_argument(
         "--resume", type=Path, help="checkpoint to continue from (OUT.checkpoint.safetensors)"
     )
@@ -496,14 +515,15 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(config.threads)
         train_clips, eval_clips = [], []
         if args.corpus:
-            t, h = corpus_clips(args.corpus, config.fps)
+            t, h = corpus_clips(args.corpus, config.fps, relabel=args.relabel)
             train_clips += t
             eval_clips += h
         if args.pairs:
             train_clips += paired_clips(args.pairs, config.fps)
         if args.videos:
             train_clips += video_clips(args.videos, resolve_tracker(args.tracker), config.fps)
-        net, meta = train(train_clips, config, eval_clips, out=args.out, resume=args.resume)
+        checkpoint = args.checkpoint or args.out.with_name(args.out.stem + ".checkpoint.safetensors")
+        net, meta = train(train_clips, config, eval_clips, checkpoint=checkpoint, resume=args.resume)
         meta["data"] = {"corpus": str(args.corpus) if args.corpus else None,
                         "pairs": str(args.pairs) if args.pairs else None,
                         "videos": str(args.videos) if args.videos else None}  # fmt: skip
