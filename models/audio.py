@@ -99,33 +99,39 @@ def analysis_frames(audio: np.ndarray, config: FeatureConfig = FeatureConfig()) 
 
     hop = config.sample_rate // ANALYSIS_HZ
     pad = np.pad(audio, (0, hop))  # one spare hop so the last partial frame is analysed
+    # One STFT feeds the mel bands, the energy and the flatness.
+    spectrum = np.abs(librosa.stft(y=pad, n_fft=config.n_fft, hop_length=hop, center=True)) ** 2
+    mel_basis = librosa.filters.mel(
+        sr=config.sample_rate, n_fft=config.n_fft, n_mels=config.n_mels, fmin=config.fmin, fmax=config.fmax
+    )
     # power_to_db with a fixed ref keeps levels absolute, so streaming chunks agree with offline runs.
-    mel = librosa.feature.melspectrogram(
-        y=pad, sr=config.sample_rate, n_fft=config.n_fft, hop_length=hop, n_mels=config.n_mels,
-        fmin=config.fmin, fmax=config.fmax, power=2.0, center=True,
-    )  # fmt: skip
-    mel_db = librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None).T.astype(np.float32)
-    rms = librosa.feature.rms(y=pad, frame_length=config.n_fft, hop_length=hop, center=True)[0]
+    mel_db = librosa.power_to_db(mel_basis @ spectrum, ref=1.0, amin=1e-10, top_db=None).T.astype(np.float32)
+    rms = librosa.feature.rms(S=np.sqrt(spectrum), frame_length=config.n_fft)[0]
     energy_db = (20 * np.log10(np.maximum(rms, 1e-5))).astype(np.float32)
-    flatness = librosa.feature.spectral_flatness(y=pad, n_fft=config.n_fft, hop_length=hop, center=True)[
-        0
-    ].astype(np.float32)
-    # YIN (not pYIN): pYIN's Viterbi decoding costs ~100x more and real time matters here.
-    frame_length = 1024
-    f0 = librosa.yin(
+    flatness = librosa.feature.spectral_flatness(S=spectrum, power=1.0)[0].astype(np.float32)
+    # YIN (not pYIN: its Viterbi decoding costs ~100x more) at 50 Hz, interpolated to 100 Hz: pitch moves
+    # slowly and YIN is the front end's most expensive step.
+    frame_length, pitch_hop = 640, 2 * hop
+    f0_coarse = librosa.yin(
         pad, fmin=config.pitch_fmin, fmax=config.pitch_fmax, sr=config.sample_rate,
-        frame_length=frame_length, hop_length=hop, center=True, trough_threshold=0.1,
+        frame_length=frame_length, hop_length=pitch_hop, center=True, trough_threshold=0.1,
     )  # fmt: skip
     # Voicing from periodicity: the normalised autocorrelation at the YIN period.
-    frames = librosa.util.frame(np.pad(pad, frame_length // 2), frame_length=frame_length, hop_length=hop)
-    n = min(frames.shape[1], f0.shape[0], mel_db.shape[0])
-    lag = np.clip(np.round(config.sample_rate / f0[:n]).astype(int), 1, frame_length // 2 - 1)
+    frames = librosa.util.frame(
+        np.pad(pad, frame_length // 2), frame_length=frame_length, hop_length=pitch_hop
+    )
+    m = min(frames.shape[1], f0_coarse.shape[0])
     win = frame_length // 2
+    lag = np.clip(np.round(config.sample_rate / f0_coarse[:m]).astype(int), 1, frame_length - win - 1)
     idx = np.arange(win)
-    a = frames[idx[:, None], np.arange(n)[None, :]]
-    b = frames[idx[:, None] + lag[None, :], np.arange(n)[None, :]]
-    corr = (a * b).sum(0) / np.sqrt((a * a).sum(0) * (b * b).sum(0) + 1e-9)
-    voicing = np.clip(corr, 0, 1).astype(np.float32)
+    cols = np.arange(m)[None, :]
+    x = frames[idx[:, None], cols]
+    y = frames[idx[:, None] + lag[None, :], cols]
+    corr = (x * y).sum(0) / np.sqrt((x * x).sum(0) * (y * y).sum(0) + 1e-9)
+    n = mel_db.shape[0]
+    fine = np.arange(n) / 2.0
+    f0 = np.interp(fine, np.arange(m), f0_coarse[:m]).astype(np.float32)
+    voicing = np.interp(fine, np.arange(m), np.clip(corr, 0, 1)).astype(np.float32)
     voicing[energy_db[:n] < -55] = 0.0
     return {
         "mel_db": mel_db[:n],
@@ -150,7 +156,7 @@ def voice_activity(analysis: dict[str, np.ndarray], level_db: float) -> np.ndarr
     # Broadband noise is spectrally flat and aperiodic; speech has harmonics or fricative formant shape.
     # Unvoiced consonants need no cue of their own: the hold below bridges them from the vowels around.
     shaped = np.clip(1.0 - analysis["flatness"] / 0.05, 0, 1)
-    periodic = np.clip((analysis["voicing"] - 0.6) / 0.25, 0, 1)
+    periodic = np.clip((analysis["voicing"] - 0.7) / 0.2, 0, 1)
     raw = loud * np.maximum(periodic, 0.5 * shaped * (energy > -45))
     # Speech is voiced every ~200 ms; fill the gaps of unvoiced consonants, drop isolated blips.
     from scipy.ndimage import maximum_filter1d, uniform_filter1d
@@ -184,8 +190,8 @@ def speech_features(
     audio = resample_to(audio, sample_rate, config.sample_rate)
     if num_frames is None:
         num_frames = num_motion_frames(audio.size, config.sample_rate, fps)
-    if audio.size < config.n_fft:
-        audio = np.pad(audio, (0, config.n_fft - audio.size))
+    if audio.size < 1024:  # YIN's frame length
+        audio = np.pad(audio, (0, 1024 - audio.size))
     an = analysis_frames(audio, config)
     level = speech_level_db(an["energy_db"]) if level_db is None else float(level_db)
     activity = voice_activity(an, level)
@@ -263,7 +269,10 @@ def _model_paths() -> dict[str, str]:
 
 def _pcm16(audio: np.ndarray, sample_rate: int) -> bytes:
     audio = resample_to(audio, sample_rate, SAMPLE_RATE)
-    return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    # Digital silence (exact zeros, as synthesisers write) breaks pocketsphinx's search ("Final result does
+    # not match the grammar"); a fixed -70 dBFS dither keeps its log energies finite.
+    dither = np.random.default_rng(0).standard_normal(audio.size).astype(np.float32) * 3e-4
+    return (np.clip(audio + dither, -1, 1) * 32767).astype("<i2").tobytes()
 
 
 def _clean_label(name: str) -> str | None:
@@ -312,13 +321,14 @@ _CMUDICT: dict[str, str] | None = None
 
 
 def _cmudict() -> dict[str, str]:
+    """pocketsphinx's CMUdict: word (alternates as 'word(2)') → space-separated phones."""
     global _CMUDICT
     if _CMUDICT is None:
         entries: dict[str, str] = {}
         with open(_model_paths()["dict"], encoding="utf-8") as fh:
             for line in fh:
                 word, _, pron = line.strip().partition(" ")
-                entries.setdefault(word, pron)
+                entries.setdefault(word, pron.strip())
         _CMUDICT = entries
     return _CMUDICT
 
@@ -331,13 +341,67 @@ def transcript_words(text: str) -> list[str]:
     return [w.strip("'") for w in words if w.strip("'")]
 
 
+_ALIGNER = None
+
+
+#: Typical relative phone durations, for splitting a word's span when phone-level alignment fails.
+_RELATIVE_DURATION = {**{v: 2.0 for v in VOWELS}, "AW": 2.6, "AY": 2.6, "EY": 2.3, "OW": 2.3, "OY": 2.6,
+                      "P": 0.9, "B": 0.8, "T": 0.8, "D": 0.7, "K": 0.9, "G": 0.8, "HH": 0.7}  # fmt: skip
+
+
+def _split_word(phones: list[str], start: int, end: int) -> list[tuple[str, int, int]]:
+    """[(phone, start, duration)] sharing the frames [start, end) by typical phone durations."""
+    weights = np.array([_RELATIVE_DURATION.get(p, 1.0) for p in phones])
+    bounds = start + np.round(np.concatenate([[0], np.cumsum(weights)]) / weights.sum() * (end - start))
+    bounds = bounds.astype(int)
+    return [(p, int(b0), int(max(b1 - b0, 1))) for p, b0, b1 in zip(phones, bounds[:-1], bounds[1:])]
+
+
+def _run_alignment(pcm: bytes, text: str) -> list[tuple[str, list[tuple[str, int, int]]]]:
+    """pocketsphinx alignment of 16-bit PCM to `text`: [(word, [(phone, start, duration)])], 10 ms units.
+
+    The word pass (a grammar of the transcript with optional pauses) comes first; the phone pass then
+    aligns HMM states inside it. The phone pass fails on some utterances with pauses ("Alignment failed
+    in frame N"); then each word's phones share its aligned span by typical phone durations.
+    """
+    from pocketsphinx import Decoder
+
+    paths = _model_paths()
+    # Wide beams: the default ones lose the path on fast synthetic speech.
+    decoder = Decoder(
+        hmm=paths["hmm"], dict=paths["dict"], lm=None, samprate=SAMPLE_RATE, loglevel="FATAL",
+        beam=1e-80, pbeam=1e-80, wbeam=1e-60,
+    )  # fmt: skip
+    decoder.set_align_text(text)
+    decoder.start_utt()
+    decoder.process_raw(pcm, full_utt=True)
+    decoder.end_utt()
+    segments = [(seg.word, seg.start_frame, seg.end_frame + 1) for seg in (decoder.seg() or [])]
+    try:
+        decoder.set_alignment()
+        decoder.start_utt()
+        decoder.process_raw(pcm, full_utt=True)
+        decoder.end_utt()
+        # Read the alignment while the decoder is alive (its iterator points into the decoder's memory).
+        return [(w.name, [(ph.name, ph.start, ph.duration) for ph in w]) for w in decoder.get_alignment()]
+    except RuntimeError:
+        pass
+    dictionary = _cmudict()
+    words = []
+    for word, start, end in segments:
+        if word.startswith("<") or word.startswith("["):
+            words.append((word, [("SIL", start, max(end - start, 1))]))
+        else:
+            pron = dictionary.get(word, dictionary.get(word.split("(")[0], "")).split()
+            words.append((word, _split_word(pron, start, end) if pron else []))
+    return words
+
+
 def align_phones(audio: np.ndarray, transcript: str, sample_rate: int = SAMPLE_RATE) -> list[Phone]:
     """Timed phones [Phone] by forced alignment of `transcript` to speech samples [N] (pocketsphinx).
 
     Words missing from CMUdict are an error naming them.
     """
-    from pocketsphinx import Decoder
-
     words = transcript_words(transcript)
     if not words:
         raise HeadsplatError("the transcript has no words to align; leave it out to recognise phones instead")
@@ -348,30 +412,96 @@ def align_phones(audio: np.ndarray, transcript: str, sample_rate: int = SAMPLE_R
             f"transcript words not in the pronunciation dictionary: {', '.join(unknown[:8])}; "
             "spell them out phonetically or leave the transcript out"
         )
-    paths = _model_paths()
-    decoder = Decoder(hmm=paths["hmm"], dict=paths["dict"], lm=None, samprate=SAMPLE_RATE, loglevel="FATAL")
     pcm = _pcm16(audio, sample_rate)
-    decoder.set_align_text(" ".join(words))
-    decoder.start_utt()
-    decoder.process_raw(pcm, full_utt=True)
-    decoder.end_utt()
-    decoder.set_alignment()
-    decoder.start_utt()
-    decoder.process_raw(pcm, full_utt=True)
-    decoder.end_utt()
     try:
-        alignment = decoder.get_alignment()
-    except (RuntimeError, ValueError) as err:
+        alignment = _run_alignment(pcm, " ".join(words))
+    except RuntimeError as err:
         raise HeadsplatError(
             f"could not align the transcript to the audio ({err}); is it the right text?"
         ) from err
+    aligned_words = [w.split("(")[0] for w, _ in alignment if not w.startswith(("<", "["))]
+    if aligned_words != words:
+        # The search stopped early and kept a partial path: the timings would be wrong.
+        raise HeadsplatError(
+            f"could only align {len(aligned_words)} of {len(words)} transcript words; is it the right text?"
+        )
     phones = []
-    # The alignment iterator reuses its entries: read each word while it is current.
-    for word in alignment:
-        for ph in word:
-            label = _clean_label(ph.name)
+    for _, word_phones in alignment:
+        for name, start, duration in word_phones:
+            label = _clean_label(name)
             if label is not None:
-                phones.append(Phone(label, ph.start / 100.0, (ph.start + ph.duration) / 100.0))
-    if not any(p.label != "SIL" for p in phones):
-        raise HeadsplatError("could not align the transcript to the audio; is it the right text?")
+                phones.append(Phone(label, start / 100.0, (start + duration) / 100.0))
     return _merge(phones)
+
+
+def block_energy_db(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Cheap 10 ms frame energies (dB) of samples [N] without an STFT; for loudness references."""
+    hop = sample_rate // ANALYSIS_HZ
+    n = audio.size // hop * hop
+    if n == 0:
+        return np.full(1, -100.0, np.float32)
+    rms = np.sqrt(np.mean(audio[:n].reshape(-1, hop).astype(np.float32) ** 2, axis=1))
+    return (20 * np.log10(np.maximum(rms, 1e-5))).astype(np.float32)
+
+
+class FeatureStream:
+    """Speech features computed block by block with bounded memory, for streaming and for long audio.
+
+    Push 16 kHz samples in any block sizes; `push` returns features [n, D] for the frames whose audio
+    context is complete (all but the last `right_margin` frames), `finish` returns the rest. Each block is
+    analysed with `left_margin` frames of earlier audio, so features match a whole-clip analysis away
+    from the clip's ends. Without a fixed `level_db`, the loudness reference is the speech level of the
+    last 30 s heard.
+    """
+
+    def __init__(self, fps: float = 25.0, level_db: float | None = None, left_margin: int = 12,
+                 right_margin: int = 2, config: FeatureConfig = FeatureConfig()) -> None:  # fmt: skip
+        spf = config.sample_rate / fps
+        if abs(spf - round(spf)) > 1e-9:
+            raise HeadsplatError(
+                f"streaming features need a whole number of samples per frame; fps {fps} gives {spf}"
+            )
+        self.fps, self.config = fps, config
+        self.samples_per_frame = int(round(spf))
+        self.fixed_level = level_db
+        self.left_margin, self.right_margin = left_margin, right_margin
+        self.audio = np.zeros(0, np.float32)  # kept from frame `self.offset - left_margin` on
+        self.offset = 0  # first frame not yet emitted
+        self.base = 0  # absolute frame index of self.audio[0]
+        self.energies = np.zeros(0, np.float32)  # last 30 s of 10 ms energies
+        self.total_samples = 0
+
+    def _level(self) -> float:
+        return self.fixed_level if self.fixed_level is not None else speech_level_db(self.energies)
+
+    def _emit(self, stop_frame: int) -> np.ndarray:
+        count = stop_frame - self.offset
+        if count <= 0:
+            return np.zeros((0, self.config.dim), np.float32)
+        # Analyse from the left margin to the end of what has been heard; keep the rows asked for.
+        first = self.offset - self.base
+        feats = speech_features(
+            self.audio, self.config.sample_rate, self.fps, num_frames=first + count, level_db=self._level(),
+            config=self.config,
+        )  # fmt: skip
+        out = feats.values[first:]
+        self.offset = stop_frame
+        drop_frames = max(0, self.offset - self.left_margin - self.base)
+        self.audio = self.audio[drop_frames * self.samples_per_frame :]
+        self.base += drop_frames
+        return out
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        """Features [n, D] of the frames completed by these 16 kHz samples [N]."""
+        samples = _check_audio(samples, self.config.sample_rate)
+        self.audio = np.concatenate([self.audio, samples])
+        self.total_samples += samples.size
+        self.energies = np.concatenate([self.energies, block_energy_db(samples, self.config.sample_rate)])
+        self.energies = self.energies[-30 * ANALYSIS_HZ :]
+        heard_frames = self.total_samples // self.samples_per_frame
+        return self._emit(heard_frames - self.right_margin)
+
+    def finish(self) -> np.ndarray:
+        """Features [n, D] of the remaining frames (up to the end of the audio)."""
+        total = num_motion_frames(self.total_samples, self.config.sample_rate, self.fps)
+        return self._emit(total)

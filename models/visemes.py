@@ -97,13 +97,21 @@ def _dominance(label: str) -> tuple[dict[str, float], float]:
         base["jawOpen"] = 1.2
         for c in ("mouthLowerDown", "mouthUpperUp"):
             base[c] = 0.8
+        spread = any(target.get(c, 0) > 0 for c in _SPREAD)
+        rounded = any(target.get(c, 0) > 0 for c in _ROUNDING)
         for c in _ROUNDING + _SPREAD:
-            base[c] = 1.0 if target.get(c, 0) > 0 else 0.5
+            # Spread vowels actively unround the lips (and rounded ones unspread them).
+            base[c] = (
+                1.5
+                if target.get(c, 0) > 0 or (c in _ROUNDING and spread) or (c in _SPREAD and rounded)
+                else 0.5
+            )
         return base, 0.06
     if label in ("P", "B", "M"):
+        # Closure must be reached even in a 30 ms /b/ between open vowels: strong and sharp.
         for c in ("jawOpen", "mouthLowerDown", "mouthUpperUp", *_CLOSURE, "mouthRollLower", "mouthRollUpper"):
-            base[c] = 4.0
-        return base, 0.025
+            base[c] = 10.0
+        return base, 0.018
     if label in ("F", "V"):
         for c in ("jawOpen", "mouthLowerDown", *_TUCK):
             base[c] = 3.0

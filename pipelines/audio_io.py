@@ -71,10 +71,11 @@ def _read_ffmpeg(path: Path, target_sr: int, max_seconds: float) -> np.ndarray:
     cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(path), "-vn", "-sn", "-dn"]
     cmd += ["-t", f"{max_seconds + 1:.3f}", "-ac", "1", "-ar", str(target_sr), "-f", "f32le", "pipe:1"]
     proc = subprocess.run(cmd, capture_output=True, check=False)
-    message = proc.stderr.decode(errors="replace").strip().splitlines()
+    stderr = proc.stderr.decode(errors="replace").strip()
     if proc.returncode != 0:
+        message = stderr.splitlines()
         reason = message[-1] if message else f"ffmpeg exit code {proc.returncode}"
-        if "does not contain any stream" in reason or "matches no streams" in reason:
+        if "does not contain any stream" in stderr or "matches no streams" in stderr:
             reason = "it has no audio track"
         raise HeadsplatError(
             f"cannot read audio from {path.name}: {reason}. Use a wav/mp3/m4a/flac/ogg or video file"
