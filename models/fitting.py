@@ -357,19 +357,34 @@ class FaceFitter:
         for eye, side in enumerate(("_R", "_L")):
             centre = self._eye_centre[eye] + (shift[eye] if len(shift) else 0.0)
 
-            def iris_px(angles, centre=centre, eye=eye):
-                turn, _ = _euler_derivatives(np.array([angles[1], angles[0], 0.0]))  # (yaw, pitch) → R
-                point = centre + turn @ self._eye_gaze[eye]
-                world = (point - self.pivot) @ head_rot.T + self.pivot + fit.translation
-                return project(world[None], camera)[0]
-
-            angles = np.zeros(2)  # yaw, pitch of the eye in the head frame
-            for _ in range(6):  # Gauss–Newton with a finite-difference Jacobian (2 unknowns, 2 residuals)
-                r = iris_px(angles) - iris[eye]
-                jac = np.stack(
-                    [(iris_px(angles + d) - iris_px(angles - d)) / 2e-4 for d in np.eye(2) * 1e-4], 1
-                )
-                angles = np.clip(angles - np.linalg.lstsq(jac, r, rcond=None)[0], -0.8, 0.8)
+            # Where the camera ray through the iris centre meets the eyeball (the cornea-apex sphere about the
+            # eye's centre), nearest the camera; a ray that misses takes the sphere point closest to it.
+            eye_world = (centre - self.pivot) @ head_rot.T + self.pivot + fit.translation
+            radius = float(np.linalg.norm(self._eye_gaze[eye]))
+            cx, cy = camera.centre
+            ray = np.array(
+                [(iris[eye, 0] - cx) / camera.focal_px, (iris[eye, 1] - cy) / camera.focal_px, 1.0]
+            )
+            ray = ray * WORLD_TO_CAMERA / np.linalg.norm(ray)  # camera axes → world axes
+            along = float(ray @ eye_world)
+            reach = along**2 - float(eye_world @ eye_world) + radius**2
+            hit = (along - math.sqrt(reach)) * ray if reach > 0 else along * ray
+            direction = head_rot.T @ (hit - eye_world)  # in the head frame
+            direction *= radius / max(float(np.linalg.norm(direction)), 1e-9)
+            # Solve Ry(yaw) · Rx(pitch) · g = direction for the rest gaze vector g.
+            g = self._eye_gaze[eye]
+            amplitude = math.hypot(g[1], g[2])
+            pitch = math.acos(float(np.clip(direction[1] / amplitude, -1.0, 1.0))) - math.atan2(g[2], g[1])
+            pitch = math.remainder(pitch, 2 * math.pi)
+            turned = np.array(
+                [
+                    g[0],
+                    g[1] * math.cos(pitch) - g[2] * math.sin(pitch),
+                    g[1] * math.sin(pitch) + g[2] * math.cos(pitch),
+                ]
+            )
+            yaw = math.atan2(direction[0], direction[2]) - math.atan2(turned[0], turned[2])
+            angles = np.clip([math.remainder(yaw, 2 * math.pi), pitch], -0.8, 0.8)
             yaw, pitch = angles / EYE_LOOK_RANGE_RAD
             # Looking out turns the left eye towards +x (positive yaw) and the right eye towards −x.
             out = yaw if side == "_L" else -yaw

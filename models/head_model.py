@@ -102,7 +102,9 @@ class HeadModel(nn.Module):
         self.num_vertices = neutral.shape[0]
         self.register_buffer("neutral", neutral, persistent=False)  # [V, 3]
         ident = torch.from_numpy(np.ascontiguousarray(arrays["identity_deltas"][:num_identity]))
-        self.register_buffer("identity_basis", ident.reshape(num_identity, -1), persistent=False)  # [K, V*3]
+        self.register_buffer(
+            "identity_basis", ident.reshape(num_identity, self.num_vertices * 3), persistent=False
+        )  # [K, V*3]
         expr = torch.from_numpy(arrays["expression_deltas"])
         self.register_buffer(
             "expression_basis", expr.reshape(NUM_EXPRESSIONS, -1), persistent=False

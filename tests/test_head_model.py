@@ -136,3 +136,9 @@ def test_head_model_runs_on_cuda_like_on_cpu(head):
         identity.cuda(), expression.cuda(), torch.ones(3, 3).cuda() * 0.1, torch.ones(3, 3).cuda()
     )
     assert torch.allclose(cpu_mesh, gpu_mesh.cpu(), atol=1e-3)
+
+
+def test_a_head_model_without_identity_modes_gives_the_mean_head():
+    mean_head = HeadModel(num_identity=0)
+    mesh = mean_head.vertices(torch.zeros(1, 0), torch.zeros(1, NUM_EXPRESSIONS))
+    assert torch.equal(mesh[0], mean_head.neutral)
