@@ -95,15 +95,22 @@ class PortraitAvatar:
     # ------------------------------------------------------------------------------------------
     def mesh(self, expression: Tensor, rotation: Tensor, translation: Tensor) -> Tensor:
         """Posed meshes [B, V, 3] for motion frames: expression [B, 53] added to the rest expression,
-        rotation [B, 3] and translation [B, 3] relative to the rest pose."""
+        rotation [B, 3] and translation [B, 3] relative to the rest pose.
+
+        The pose composes as the face tracker's does (models.fitting.compose_pose): rotation
+        R = R_rest · R_motion about the head pivot, translation t = t_rest + t_motion in world cm.
+        """
         head = self.head
         shape = head.shape(self.identity, (self.rest_expression + expression).clamp(0, 1))
         batch = shape.shape[0]
-        moved = head.pose(shape, rotation, translation)
-        # Blend the head's own motion with the body's stillness down the neck, then apply the rest pose.
+        turned = head.pose(shape, rotation, torch.zeros_like(translation))
+        # The head's own motion fades out down the neck, so the neck's base stays on the shoulders.
         w = self.vertex_weights[None, :, None]
-        blended = w * moved + (1 - w) * shape
-        return head.pose(blended, self.rest_rotation.expand(batch, 3), self.rest_translation.expand(batch, 3))
+        blended = w * turned + (1 - w) * shape
+        posed = head.pose(
+            blended, self.rest_rotation.expand(batch, 3), self.rest_translation.expand(batch, 3)
+        )
+        return posed + w * translation[:, None, :]
 
     def rest_mesh(self) -> Tensor:
         """The fitted mesh [V, 3] as it sits in the photo."""
@@ -116,9 +123,10 @@ class PortraitAvatar:
         rm = euler_to_matrix(rotation)
         p = self.head.pivot
         t0 = self.rest_translation[0]
-        # x_rest = R0 (v - p) + p + t0; x_moved = R0 (Rm (v - p) + tm) + p + t0  ⇒  x_moved = A x_rest + b
+        # x_rest = R0 (v - p) + p + t0 and x_moved = R0 Rm (v - p) + p + t0 + tm, so
+        # x_moved = A x_rest + b with A = R0 Rm R0^T and b = p + t0 + tm - A (p + t0).
         rot = r0 @ rm @ r0.T
-        shift = p + t0 + (r0 @ translation[..., None])[..., 0] - (rot @ (p + t0)[:, None])[..., 0]
+        shift = p + t0 + translation - (rot @ (p + t0)[:, None])[..., 0]
         return rot, shift
 
     def gaussians(self, expression: Tensor, rotation: Tensor, translation: Tensor) -> Gaussians:

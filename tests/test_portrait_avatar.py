@@ -127,3 +127,26 @@ def test_state_round_trip_renders_the_same(avatar, head):
     a = avatar.render(frame, pose, torch.zeros(3), backend="cpu")
     b = again.render(frame, pose, torch.zeros(3), backend="cpu")
     assert np.array_equal(a, b)
+
+
+def test_pose_composes_like_the_face_tracker(avatar):
+    from models.fitting import compose_pose
+
+    rotation, translation = np.array([0.1, -0.2, 0.05], np.float32), np.array([1.0, -0.5, 2.0], np.float32)
+    world_r, world_t = compose_pose(
+        avatar.rest_rotation[0].numpy(), avatar.rest_translation[0].numpy(), rotation, translation
+    )
+    expected = avatar.head.pose(
+        avatar.head.shape(avatar.identity, avatar.rest_expression),
+        torch.from_numpy(np.asarray(world_r, np.float32))[None],
+        torch.from_numpy(np.asarray(world_t, np.float32))[None],
+    )[0]
+    got = avatar.mesh(
+        torch.zeros(1, NUM_EXPRESSIONS), torch.from_numpy(rotation)[None], torch.from_numpy(translation)[None]
+    )[0]
+    head_part = avatar.vertex_weights == 1  # below that the neck blends towards the body on purpose
+    torch.testing.assert_close(got[head_part], expected[head_part], atol=1e-3, rtol=1e-4)
+    # The rigid band moves like the head part of the mesh.
+    rot, shift = avatar.rigid_transform(torch.from_numpy(rotation)[None], torch.from_numpy(translation)[None])
+    rest = avatar.rest_mesh()[head_part]
+    torch.testing.assert_close(rest @ rot[0].T + shift[0], got[head_part], atol=1e-3, rtol=1e-4)
