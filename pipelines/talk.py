@@ -200,17 +200,22 @@ def speech_motion(samples: np.ndarray, cfg: TalkConfig) -> Motion:
     )
 
 
-def driving_motion(path: str, fps: float) -> tuple[Motion, bool]:
-    """The tracked motion of a driving video (relative to its first frame) and whether it has audio."""
-    from pipelines.track import track_video
+def driving_motion(path: str, fps: float, progress: bool = False) -> tuple[Motion, bool]:
+    """The tracked motion of a driving video, relative to the driving face's own rest, and whether it has audio."""
+    from tqdm import tqdm
 
-    motion, video = track_video(path)
-    # The driving face's own rest: its first frame's pose and expression are taken away, so the
-    # portrait keeps its own.
-    first = motion.slice(0, 1)
-    expression = np.clip(motion.expression - first.expression, 0, 1)
+    from pipelines.track import TrackConfig, track_frames
+    from pipelines.video_io import read_video
+
+    video = read_video(path)
+    bar = (lambda it, **kw: tqdm(it, file=sys.stderr, **kw)) if progress else None
+    result = track_frames(video, video.fps, TrackConfig(), total=video.num_frames or None, progress=bar)
+    motion = result.motion  # pose already relative to the clip's median pose
+    # Expressions relative to the driving face's resting look (its 10th percentile per shape), so the
+    # portrait keeps its own rest expression and only the changes carry over.
+    baseline = np.percentile(motion.expression, 10, axis=0)
     relative = Motion(
-        expression, motion.rotation - first.rotation, motion.translation - first.translation, motion.fps
+        np.clip(motion.expression - baseline, 0, 1), motion.rotation, motion.translation, motion.fps
     )
     return relative.resample(fps), video.audio
 
@@ -236,7 +241,7 @@ def make_motion(cfg: TalkConfig, workdir: Path) -> tuple[Motion, Path | None]:
                 )
         return motion.scaled(cfg.expression_scale, 0.0 if cfg.still else cfg.pose_scale), audio
     if cfg.driving:
-        motion, has_audio = driving_motion(cfg.driving, cfg.fps)
+        motion, has_audio = driving_motion(cfg.driving, cfg.fps, cfg.progress)
         return motion.scaled(cfg.expression_scale, 0.0 if cfg.still else cfg.pose_scale), (
             Path(cfg.driving) if has_audio else None
         )
