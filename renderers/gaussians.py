@@ -158,6 +158,25 @@ class Gaussians:
         norm = self.quats.norm(dim=-1, keepdim=True)
         self.quats = torch.where((norm - 1).abs() < 1e-6, self.quats, self.quats / norm)
 
+    @classmethod
+    def unchecked(
+        cls, means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor
+    ) -> Gaussians:
+        """Wrap float32 tensors without the checks (unit quaternions expected).
+
+        For per-frame updates of Gaussians that code built and checked once (an avatar posing the same
+        set every frame), where the full validation would cost more than posing them.
+        """
+        self = cls.__new__(cls)
+        self.means, self.quats, self.scales, self.opacities, self.colors = (
+            means,
+            quats,
+            scales,
+            opacities,
+            colors,
+        )
+        return self
+
     def __len__(self) -> int:
         return self.means.shape[0]
 

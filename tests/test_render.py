@@ -371,3 +371,18 @@ def test_cpu_backend_is_safe_to_call_from_several_threads():
     with ThreadPoolExecutor(max_workers=3) as pool:
         outs = list(pool.map(lambda _: rasterize(g, CAM, backend="cpu").rgb, range(6)))
     assert all(torch.equal(o, expected) for o in outs)
+
+
+def test_unchecked_gaussians_render_like_checked_ones():
+    gen = torch.Generator().manual_seed(7)
+    means = torch.randn(50, 3, generator=gen) * 3
+    quats = torch.nn.functional.normalize(torch.randn(50, 4, generator=gen), dim=-1)
+    scales, opacities, colors = (
+        torch.rand(50, 3, generator=gen),
+        torch.rand(50, generator=gen),
+        torch.rand(50, 3, generator=gen),
+    )
+    cam = Camera.look_at((0.0, 0.0, 30.0), width=32, height=32)
+    a = rasterize(Gaussians(means, quats, scales, opacities, colors), cam, backend="cpu")
+    b = rasterize(Gaussians.unchecked(means, quats, scales, opacities, colors), cam, backend="cpu")
+    assert torch.equal(a.rgb, b.rgb) and torch.equal(a.alpha, b.alpha)
