@@ -55,7 +55,7 @@ class PortraitAvatarConfig:
     """Side of the square crop the avatar is drawn in, pixels."""
     crop_scale: float = 1.35
     """Crop side relative to the projected head's larger extent (leaves room for hair and motion)."""
-    margin: float = 0.07
+    margin: float = 0.05
     """Width of the band around the head silhouette that follows the head, as a share of the crop."""
     pixel_sigma: float = 0.25
     """Standard deviation of a pixel's Gaussian in pixels (at the fitted pose)."""
@@ -91,6 +91,8 @@ class PortraitAvatar:
     )
     background: np.ndarray  # [S, S, 3] float32 crop with the moving region inpainted
     moving_mask: np.ndarray  # [S, S] float32, 1 where the avatar's Gaussians may draw
+    num_mouth: int = 0  # the last num_mouth bound Gaussians are the mouth interior
+    lip_gap_cm: float = 0.0  # inner-lip gaps above this mean the lips are parted
 
     # ------------------------------------------------------------------------------------------
     def mesh(self, expression: Tensor, rotation: Tensor, translation: Tensor) -> Tensor:
@@ -133,20 +135,28 @@ class PortraitAvatar:
         """The avatar's Gaussians for one frame (expression [53], rotation [3], translation [3])."""
         vertices = self.mesh(expression[None], rotation[None], translation[None])[0]
         means, quats, scales = self.binding.pose(vertices, self.head.triangles)
+        # The mouth interior (last in the bound set) is only drawn when the lips part: behind shut lips
+        # it is invisible but would still cost the renderer a pass over every mouth pixel.
+        keep = len(self.binding) - (0 if self.lips_apart(vertices) else self.num_mouth)
+        means, quats, scales = means[:keep], quats[:keep], scales[:keep]
         rot, shift = self.rigid_transform(rotation[None], translation[None])
         w = self.rigid_weights[:, None]
         moved = self.rigid_means @ rot[0].T + shift[0]
         r_means = (1 - w) * self.rigid_means + w * moved
         turn = matrix_to_quaternion(rot[0])
         r_quats = quaternion_multiply(turn.expand_as(self.rigid_quats), self.rigid_quats)
-        r_quats = (1 - w) * self.rigid_quats + w * r_quats
-        return Gaussians(
+        r_quats = torch.nn.functional.normalize((1 - w) * self.rigid_quats + w * r_quats, dim=-1)
+        return Gaussians.unchecked(
             torch.cat([means, r_means]),
             torch.cat([quats, r_quats]),
             torch.cat([scales, self.rigid_scales]),
-            torch.cat([self.bound_opacities, torch.ones(len(self.rigid_means))]),
-            torch.cat([self.bound_colors, self.rigid_colors]),
+            torch.cat([self.bound_opacities[:keep], torch.ones(len(self.rigid_means))]),
+            torch.cat([self.bound_colors[:keep], self.rigid_colors]),
         )
+
+    def lips_apart(self, vertices: Tensor) -> bool:
+        """Whether the lips of a posed mesh [V, 3] are parted (see `lip_gaps`)."""
+        return bool(lip_gaps(vertices, self.head).max() > self.lip_gap_cm)
 
     def render(self, expression, rotation, translation, backend: str = "auto") -> np.ndarray:
         """One crop frame [S, S, 3] float32 in [0, 1] for one motion frame."""
@@ -193,6 +203,8 @@ class PortraitAvatar:
             "version": 1,
             "num_identity": self.head.num_identity,
             "crop_box": [float(v) for v in self.crop_box],
+            "num_mouth": self.num_mouth,
+            "lip_gap_cm": self.lip_gap_cm,
             "camera": {
                 "fx": cam.fx, "fy": cam.fy, "cx": cam.cx, "cy": cam.cy, "width": cam.width, "height": cam.height,
                 "world_to_camera": cam.world_to_camera.tolist(), "near": cam.near, "far": cam.far,
@@ -213,6 +225,8 @@ class PortraitAvatar:
             head=head,
             camera=Camera(**cam),
             crop_box=tuple(meta["crop_box"]),
+            num_mouth=int(meta.get("num_mouth", 0)),
+            lip_gap_cm=float(meta.get("lip_gap_cm", 0.0)),
             binding=MeshBinding(*(tensors[f"binding.{f}"] for f in cls._BINDING)),
             background=tensors["background"].numpy(),
             moving_mask=tensors["moving_mask"].numpy(),
@@ -222,6 +236,12 @@ class PortraitAvatar:
 
 # ----------------------------------------------------------------------------------------------
 # Building
+def lip_gaps(vertices: Tensor, head: HeadModel) -> Tensor:
+    """Distances [3] (cm) between the inner-lip landmark pairs (Multi-PIE 61/67, 62/66, 63/65) of a mesh [V, 3]."""
+    marks = vertices[head.landmarks68]
+    return (marks[[61, 62, 63]] - marks[[67, 66, 65]]).norm(dim=-1)
+
+
 def portrait_camera(identity: Identity, crop_box: tuple[float, float, float, float], size: int) -> Camera:
     """The camera of a square crop (x0, y0, x1, y1) of the portrait, resampled to size × size pixels.
 
@@ -405,6 +425,10 @@ def build_portrait_avatar(
         vertex_weights=vertex_weights,
         background=background,
         moving_mask=moving_grown.astype(np.float32),
+        num_mouth=len(mouth_binding),
+        # ICT's inner-lip landmarks sit ~0.1 cm apart on a closed mouth; a portrait with an open mouth
+        # keeps its interior drawn at rest.
+        lip_gap_cm=min(float(lip_gaps(rest_mesh, head).max()), 0.15) + 0.05,
     )
     _refine_colours(avatar, crop, n_pixels=len(ys), steps=cfg.colour_refinement_steps)
     return avatar
@@ -448,9 +472,17 @@ def _hidden_fill(head, rest_mesh, frames, frags, tri_region, pixel_means, pixel_
     seen = np.zeros(len(head.triangles), bool)
     seen[np.unique(frags.triangle[hit])] = True
     candidates = np.nonzero(~seen & np.isin(tri_region, [_REGION_ID["face"], _REGION_ID["eyes"]]))[0]
+    # Only eyelids and lips fold open in motion; hidden skin elsewhere (under the chin, behind the
+    # ears) stays hidden, so it needs no fill.
+    centroids = rest_mesh[head.triangles[torch.from_numpy(candidates)]].mean(dim=1)
+    marks = rest_mesh[head.landmarks68]
+    zones = [(marks[36:42].mean(0), 2.2), (marks[42:48].mean(0), 2.2), (marks[48:68].mean(0), 3.2)]
+    near = torch.zeros(len(candidates), dtype=torch.bool)
+    for centre, radius in zones:
+        near |= (centroids - centre).norm(dim=-1) < radius
+    candidates, centroids = candidates[near.numpy()], centroids[near]
     tri = torch.from_numpy(candidates)
     frame, size = frames
-    centroids = rest_mesh[head.triangles[tri]].mean(dim=1)
     _, idx = cKDTree(pixel_means.numpy()).query(centroids.numpy())
     colors = pixel_colors[torch.from_numpy(idx)]
     k = size[tri]

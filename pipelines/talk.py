@@ -36,7 +36,7 @@ DEFAULT_PORTRAIT = ROOT / "assets" / "defaults" / "portrait.jpg"
 DEFAULT_AUDIO = ROOT / "assets" / "defaults" / "speech.wav"
 EMOTIONS = ("neutral", "happy", "sad", "angry", "surprised")
 #: Bump when the avatar's contents change, so stale cached avatars are rebuilt.
-AVATAR_VERSION = 1
+AVATAR_VERSION = 2
 
 
 @dataclass
