@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--audio", default=str(DEFAULT_AUDIO))
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--seconds", type=float, default=0.0, help="loop the audio to this length (0: as is)")
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--sheet", help="save a contact sheet PNG of 8 frames here")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = parser.parse_args()

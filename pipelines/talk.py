@@ -59,7 +59,7 @@ class TalkConfig:
     """Frames per second of the video."""
     size: int = 512
     """Side of the square face crop the avatar is rendered at, pixels."""
-    steps: int = 8
+    steps: int = 3
     """Sampling steps of the motion diffusion model (0: the rule-based teacher alone)."""
     seed: int = 0
     """Seed of head motion, blinks and gaze (lip shapes do not depend on it)."""
@@ -183,20 +183,22 @@ def speak(text: str, out_wav: Path) -> Path:
     return out_wav
 
 
-def speech_motion(samples: np.ndarray, cfg: TalkConfig) -> Motion:
-    """A Motion from 16 kHz speech samples with the shipped generator (or the teacher when steps is 0)."""
-    from models.motion_diffusion import AudioToMotion
+def speech_motion(samples: np.ndarray, cfg: TalkConfig, transcript: str | None = None) -> Motion:
+    """A Motion from 16 kHz speech samples with the shipped generator (the rule-based teacher when steps is 0)."""
+    from pipelines.audio_to_motion import AudioToMotion
 
-    generator = AudioToMotion.from_pretrained()
+    generator = AudioToMotion.from_pretrained() if cfg.steps > 0 else AudioToMotion(None)
     return generator.generate(
         samples,
         fps=cfg.fps,
+        transcript=transcript,
         seed=cfg.seed,
         steps=cfg.steps,
         emotion=cfg.emotion,
         expression_scale=cfg.expression_scale,
-        pose_scale=0.0 if cfg.still else cfg.pose_scale,
+        pose_scale=cfg.pose_scale,
         blink_rate=cfg.blink_rate,
+        still=cfg.still,
     )
 
 
@@ -250,7 +252,7 @@ def make_motion(cfg: TalkConfig, workdir: Path) -> tuple[Motion, Path | None]:
     else:
         audio = Path(cfg.audio) if cfg.audio else DEFAULT_AUDIO
     samples = load_audio(audio)
-    return speech_motion(samples, cfg), audio
+    return speech_motion(samples, cfg, transcript=cfg.text), audio
 
 
 # ------------------------------------------------------------------------------------------------
@@ -336,8 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--steps",
         type=int,
-        default=8,
-        help="motion diffusion steps; 0 uses the rule-based teacher (default: 8)",
+        default=3,
+        help="motion diffusion sampling steps, at most 10; 0 uses the rule-based teacher (default: 3)",
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of head motion, blinks and gaze (default: 0)"
