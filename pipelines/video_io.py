@@ -110,9 +110,8 @@ class VideoWriter:
 
             self._size = (w, h)
             padded = (w + w % 2, h + h % 2)
+            # No -shortest: ffmpeg would stop reading frames (a broken pipe) when the audio ends first.
             output_params = ["-movflags", "+faststart"]
-            if self.audio:
-                output_params += ["-shortest"]
             self._gen = imageio_ffmpeg.write_frames(
                 str(self._tmp),
                 padded,

@@ -1,0 +1,294 @@
+"""Speech → `Motion`: the Talk pipeline's audio front half, offline and streaming, plus the teacher fallback.
+
+    python -m pipelines.audio_to_motion --audio speech.wav --out motion.npz --seed 3 --emotion happy
+    python -m pipelines.audio_to_motion --audio speech.wav --out motion.csv --steps 0 --transcript "..."
+
+`--steps 0` skips the diffusion model and uses the rule-based teacher (phones from pocketsphinx).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.audio import (
+    SAMPLE_RATE,
+    FeatureStream,
+    align_phones,
+    block_energy_db,
+    is_silent,
+    recognize_phones,
+    resample_to,
+    speech_features,
+    speech_level_db,
+)
+from models.errors import HeadsplatError
+from models.latent import Motion
+from models.motion_diffusion import (
+    GenerationControls,
+    MotionDenoiser,
+    MotionModelConfig,
+    generate_frames,
+    postprocess,
+)
+from models.visemes import EMOTIONS, teacher_motion
+from pipelines.files import require_file
+
+#: The shipped default model (trained by pipelines.train_motion on the synthetic corpus).
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "motion_diffusion.safetensors"
+#: Offline windows: 72 new frames + 8 look-ahead (+ 8 context) = 88 frames = 3.5 s at 25 fps.
+OFFLINE_CHUNK, OFFLINE_LOOKAHEAD = 72, 8
+#: Streaming windows: 5 new frames (200 ms) + 2 look-ahead (80 ms).
+STREAM_CHUNK, STREAM_LOOKAHEAD = 5, 2
+#: Audio is analysed in blocks of this many seconds, so memory does not grow with the audio's length.
+FEATURE_BLOCK_S = 20.0
+
+
+def load_model(path: str | os.PathLike | None = None) -> MotionDenoiser:
+    """A MotionDenoiser from `name.safetensors` + `name.json` (config and training notes); default: shipped weights."""
+    from safetensors.torch import load_file
+
+    weights = Path(path) if path is not None else DEFAULT_WEIGHTS
+    if weights.is_dir():
+        weights = weights / "motion_diffusion.safetensors"
+    weights = require_file(weights, "motion model weights")
+    config_path = weights.with_suffix(".json")
+    require_file(config_path, "motion model config")
+    try:
+        meta = json.loads(config_path.read_text())
+        config = MotionModelConfig.from_dict(meta["model"])
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise HeadsplatError(f"{config_path.name} is not a motion model config ({err})") from err
+    net = MotionDenoiser(config)
+    try:
+        state = load_file(str(weights))
+    except Exception as err:  # safetensors raises its own error types for corrupt headers
+        raise HeadsplatError(f"cannot read {weights.name}: {err}") from err
+    missing, unexpected = net.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    if missing or unexpected:
+        raise HeadsplatError(
+            f"{weights.name} does not match its config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    return net.eval()
+
+
+class AudioToMotion:
+    """Speech samples → Motion with the motion diffusion model; `steps=0` uses the rule-based teacher."""
+
+    def __init__(self, net: MotionDenoiser | None) -> None:
+        self.net = net
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike | None = None) -> AudioToMotion:
+        """Load weights from `path` (a .safetensors file or a folder); None: the shipped default."""
+        return cls(load_model(path))
+
+    @property
+    def model_fps(self) -> float:
+        return self.net.config.fps if self.net is not None else 25.0
+
+    def _controls(self, **kwargs) -> GenerationControls:
+        controls = GenerationControls(**kwargs)
+        if controls.steps != 0:
+            controls.check()
+        elif controls.emotion not in EMOTIONS:
+            raise HeadsplatError(f"unknown emotion {controls.emotion!r}; choose one of {', '.join(EMOTIONS)}")
+        return controls
+
+    def _feature_blocks(self, audio: np.ndarray) -> Iterator[tuple[np.ndarray, bool]]:
+        """Features of whole-clip loudness reference, in bounded-memory blocks."""
+        level = speech_level_db(block_energy_db(audio))
+        stream = FeatureStream(self.model_fps, level_db=level)
+        block = int(FEATURE_BLOCK_S * SAMPLE_RATE)
+        for start in range(0, audio.size, block):
+            yield stream.push(audio[start : start + block]), False
+        yield stream.finish(), True
+
+    def generate(
+        self,
+        audio: np.ndarray,  # [N] mono samples
+        sample_rate: int = SAMPLE_RATE,
+        fps: float = 25.0,
+        transcript: str | None = None,
+        seed: int = 0,
+        steps: int = 4,
+        guidance: float = 0.5,
+        emotion: str = "neutral",
+        emotion_strength: float = 0.8,
+        expression_scale: float = 1.0,
+        pose_scale: float = 1.0,
+        blink_rate: float = 1.0,
+        still: bool = False,
+    ) -> Motion:
+        """Motion at `fps` covering the audio. `transcript` is used only by the teacher (steps=0)."""
+        controls = self._controls(
+            seed=seed, steps=steps, guidance=guidance, emotion=emotion, emotion_strength=emotion_strength,
+            expression_scale=expression_scale, pose_scale=pose_scale, blink_rate=blink_rate, still=still,
+        )  # fmt: skip
+        audio = resample_to(audio, sample_rate, SAMPLE_RATE)
+        if audio.size == 0:
+            raise HeadsplatError("the audio is empty: give at least a fraction of a second of sound")
+        if steps == 0 or self.net is None:
+            motion = teacher_from_audio(audio, transcript, controls, self.model_fps)
+        else:
+            parts, activity = [], []
+            blocks = self._activity_tap(self._feature_blocks(audio), activity)
+            with torch.inference_mode():
+                for frames in generate_frames(self.net, blocks, controls, OFFLINE_CHUNK, OFFLINE_LOOKAHEAD):
+                    parts.append(frames)
+            values = np.concatenate(parts)
+            motion = postprocess(
+                values, np.concatenate(activity)[: values.shape[0]], controls, self.model_fps
+            )
+        return motion if abs(fps - motion.fps) < 1e-9 else motion.resample(fps)
+
+    @staticmethod
+    def _activity_tap(
+        blocks: Iterable[tuple[np.ndarray, bool]], sink: list
+    ) -> Iterator[tuple[np.ndarray, bool]]:
+        for values, last in blocks:
+            sink.append(values[:, -1].copy())  # the voice-activity column
+            yield values, last
+
+    def stream(
+        self,
+        audio_blocks: Iterable[np.ndarray] | np.ndarray,  # 16 kHz mono blocks (or one array to split)
+        seed: int = 0,
+        steps: int = 4,
+        guidance: float = 0.5,
+        emotion: str = "neutral",
+        emotion_strength: float = 0.8,
+        expression_scale: float = 1.0,
+        pose_scale: float = 1.0,
+        blink_rate: float = 1.0,
+        still: bool = False,
+        chunk: int = STREAM_CHUNK,
+        lookahead: int = STREAM_LOOKAHEAD,
+        level_db: float | None = None,
+    ) -> Iterator[Motion]:
+        """Motion chunks at the model's fps (25) as audio arrives; each needs `lookahead` + 2 frames of future audio.
+
+        The loudness reference adapts to the speech heard so far unless `level_db` fixes it.
+        """
+        if self.net is None:
+            raise HeadsplatError(
+                "streaming needs the diffusion model; load one with AudioToMotion.from_pretrained"
+            )
+        controls = self._controls(
+            seed=seed, steps=steps, guidance=guidance, emotion=emotion, emotion_strength=emotion_strength,
+            expression_scale=expression_scale, pose_scale=pose_scale, blink_rate=blink_rate, still=still,
+        )  # fmt: skip
+        if isinstance(audio_blocks, np.ndarray):
+            whole = audio_blocks
+            step = int(SAMPLE_RATE * chunk / self.model_fps)
+            audio_blocks = (whole[i : i + step] for i in range(0, whole.size, step))
+        feature_stream = FeatureStream(self.model_fps, level_db=level_db)
+
+        def blocks() -> Iterator[tuple[np.ndarray, bool]]:
+            for samples in audio_blocks:
+                yield feature_stream.push(np.asarray(samples, np.float32)), False
+            yield feature_stream.finish(), True
+
+        activity: list[np.ndarray] = []
+        used = 0
+        with torch.inference_mode():
+            for frames in generate_frames(
+                self.net, self._activity_tap(blocks(), activity), controls, chunk, lookahead
+            ):
+                gate = np.concatenate(activity)[used : used + frames.shape[0]]
+                used += frames.shape[0]
+                yield postprocess(frames, gate, controls, self.model_fps)
+
+
+def teacher_from_audio(audio: np.ndarray, transcript: str | None, controls: GenerationControls,
+                       fps: float = 25.0) -> Motion:  # fmt: skip
+    """The rule-based fallback: phones (aligned to `transcript`, else recognised) → teacher motion."""
+    feats = speech_features(audio, SAMPLE_RATE, fps)
+    if is_silent(audio):
+        phones = []
+    elif transcript:
+        phones = align_phones(audio, transcript)
+    else:
+        phones = recognize_phones(audio)
+    motion = teacher_motion(
+        phones, feats.num_frames, fps, feats.energy_db, feats.f0_hz, feats.activity, seed=controls.seed,
+        emotion=controls.emotion,
+        emotion_strength=controls.emotion_strength if controls.emotion != "neutral" else 0.0,
+        blink_rate=controls.blink_rate,
+    )  # fmt: skip
+    return postprocess(
+        np.concatenate([motion.expression, motion.rotation, motion.translation], 1),
+        np.ones(motion.num_frames, np.float32),
+        dataclasses.replace(controls, voice_gate=False),
+        fps,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.audio_to_motion", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--audio", required=True, help="speech: wav/mp3/m4a/flac/ogg or a video's audio track"
+    )
+    parser.add_argument(
+        "--out", required=True, help="motion file to write: .npz, .json or Live Link Face .csv"
+    )
+    parser.add_argument(
+        "--weights", default=None, help="motion model .safetensors (default: weights/ shipped one)"
+    )
+    parser.add_argument("--fps", type=float, default=25.0, help="output frame rate")
+    parser.add_argument(
+        "--steps", type=int, default=4, help="sampler steps (1-10); 0 = rule-based teacher only"
+    )
+    parser.add_argument(
+        "--guidance", type=float, default=0.5, help="classifier-free guidance on audio (0 = off)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="changes head motion and blinks, not the lips")
+    parser.add_argument("--emotion", default="neutral", choices=EMOTIONS, help="facial emotion")
+    parser.add_argument("--emotion-strength", type=float, default=0.8, help="0-1 strength of --emotion")
+    parser.add_argument("--expression-scale", type=float, default=1.0, help="multiply expression weights")
+    parser.add_argument("--pose-scale", type=float, default=1.0, help="multiply head rotation/translation")
+    parser.add_argument(
+        "--blink-rate", type=float, default=1.0, help="blink frequency multiplier (1 ≈ 17/min)"
+    )
+    parser.add_argument("--still", action="store_true", help="keep the head still and the gaze centred")
+    parser.add_argument(
+        "--transcript", default=None, help="text of the speech (teacher only: forced alignment)"
+    )
+    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"),
+                        help="the model is small and CPU-fast; generation always runs on the CPU")  # fmt: skip
+    args = parser.parse_args(argv)
+    from pipelines.audio_io import load_audio
+    from pipelines.motion_io import save_motion
+
+    try:
+        audio = load_audio(args.audio)
+        model = AudioToMotion(None) if args.steps == 0 else AudioToMotion.from_pretrained(args.weights)
+        start = time.perf_counter()
+        motion = model.generate(
+            audio, SAMPLE_RATE, fps=args.fps, transcript=args.transcript, seed=args.seed, steps=args.steps,
+            guidance=args.guidance, emotion=args.emotion, emotion_strength=args.emotion_strength,
+            expression_scale=args.expression_scale, pose_scale=args.pose_scale, blink_rate=args.blink_rate,
+            still=args.still,
+        )  # fmt: skip
+        elapsed = time.perf_counter() - start
+        save_motion(motion, args.out)
+    except HeadsplatError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out}: {motion.num_frames} frames at {motion.fps:g} fps in {elapsed:.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

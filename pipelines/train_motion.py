@@ -1,0 +1,539 @@
+"""Train the audio-to-motion diffusion model on (speech, motion) pairs.
+
+Data sources (combine freely):
+  --corpus DIR      a synthetic corpus from `pipelines.synth_corpus` (its held-out voices are used for eval)
+  --pairs PATH      a folder of audio files each with a same-named motion file (.npz/.json/Live Link Face
+                    .csv), or a manifest (.jsonl with "audio" and "motion" keys, or .csv with those columns)
+  --videos DIR      talking-head videos, tracked into motion by --tracker MODULE:FUNCTION, a callable
+                    `(video_path) -> models.latent.Motion` (e.g. the face tracker once it lands); the
+                    audio comes from each video's own track
+
+    python -m pipelines.train_motion --corpus data/motion_corpus --out weights/motion_diffusion.safetensors \
+        --minutes 30 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.audio import Phone, speech_features
+from models.errors import HeadsplatError
+from models.latent import Motion
+from models.motion_diffusion import (
+    LIP_COLUMNS,
+    MOTION_DIM,
+    GenerationControls,
+    MotionDenoiser,
+    MotionModelConfig,
+    count_parameters,
+    generate_frames,
+    motion_to_array,
+    postprocess,
+)
+from models.visemes import EMOTIONS, bilabial_closure, mouth_opening, teacher_motion
+from pipelines.audio_io import AUDIO_SUFFIXES, VIDEO_SUFFIXES, load_audio
+from pipelines.files import atomic_output, require_file
+from pipelines.motion_io import MOTION_SUFFIXES, load_motion
+
+
+@dataclass
+class Clip:
+    """One training or evaluation utterance, already turned into per-frame arrays."""
+
+    features: np.ndarray  # [T, D] audio features at the motion fps
+    motion: np.ndarray  # [T, 59] raw motion frames
+    emotion: np.ndarray  # [5] emotion one-hot times strength
+    blink_rate: float  # blink-rate multiplier the motion was made with (1 when unknown)
+    name: str
+    phones: list[Phone] = field(default_factory=list)  # known phones (synthetic corpus), for evaluation
+
+
+@dataclass
+class TrainConfig:
+    """How the motion model is trained."""
+
+    steps: int = 6000
+    """Optimiser steps (training also stops at `minutes`)."""
+    minutes: float = 30.0
+    """Wall-clock budget for the training loop."""
+    batch_size: int = 24
+    """Windows per batch."""
+    lr: float = 1e-3
+    """Peak AdamW learning rate (cosine decay after 200 warm-up steps)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    audio_dropout: float = 0.1
+    """Share of windows trained without audio (the unconditional branch of classifier-free guidance)."""
+    context_dropout: float = 0.2
+    """Share of windows trained without past frames (the first window of a clip)."""
+    lip_weight: float = 3.0
+    """Loss weight of the lip channels relative to the others."""
+    velocity_weight: float = 1.0
+    """Weight of the frame-to-frame velocity loss (smoothness)."""
+    ema: float = 0.998
+    """Exponential moving average of weights kept for sampling."""
+    threads: int = 2
+    """CPU threads for torch."""
+    seed: int = 0
+    """Random seed for initialisation and batches."""
+    fps: float = 25.0
+    """Motion frame rate (the model's)."""
+    model: MotionModelConfig = field(default_factory=MotionModelConfig)
+    """Network shape."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+def _emotion_vector(emotion: str, strength: float) -> np.ndarray:
+    vec = np.zeros(len(EMOTIONS), np.float32)
+    if emotion == "neutral" or emotion not in EMOTIONS:
+        vec[0] = 1.0
+    else:
+        vec[EMOTIONS.index(emotion)] = strength
+    return vec
+
+
+def make_clip(audio: np.ndarray, motion: Motion, name: str, fps: float, emotion: str = "neutral",
+              strength: float = 0.0, blink_rate: float = 1.0, phones: Sequence[Phone] = ()) -> Clip:  # fmt: skip
+    """Pair 16 kHz samples [N] with a motion (resampled to `fps`, cut or padded to the audio's length)."""
+    feats = speech_features(audio, fps=fps)
+    if abs(motion.fps - fps) > 1e-6:
+        motion = motion.resample(fps)
+    values = motion_to_array(motion)
+    t = feats.num_frames
+    if values.shape[0] < t:  # hold the last pose over a short tail of audio
+        values = np.concatenate([values, np.repeat(values[-1:], t - values.shape[0], axis=0)])
+    return Clip(feats.values, values[:t], _emotion_vector(emotion, strength), blink_rate, name, list(phones))
+
+
+def corpus_clips(
+    root: Path, fps: float, relabel: bool = False, progress: bool = True
+) -> tuple[list[Clip], list[Clip]]:
+    """(training, held-out) clips of a synthetic corpus folder (its manifest.jsonl).
+
+    `relabel` recomputes each clip's motion with the current teacher from the stored phones and
+    controls (after a teacher change there is no need to synthesise and align the speech again).
+    """
+    from tqdm import tqdm
+
+    manifest = require_file(root / "manifest.jsonl", "corpus manifest")
+    train, held = [], []
+    lines = [line for line in manifest.read_text().splitlines() if line.strip()]
+    for line in tqdm(lines, desc="reading corpus", disable=not progress):
+        entry = json.loads(line)
+        audio = load_audio(root / entry["audio"])
+        controls = entry.get("controls", {})
+        phones = [Phone(label, start, end) for label, start, end in entry.get("phones", [])]
+        if relabel:
+            feats = speech_features(audio, fps=fps)
+            motion = teacher_motion(
+                phones, feats.num_frames, fps, feats.energy_db, feats.f0_hz, None, seed=controls.get("seed", 0),
+                emotion=controls.get("emotion", "neutral"), emotion_strength=controls.get("emotion_strength", 0.0),
+                blink_rate=controls.get("blink_rate", 1.0),
+            )  # fmt: skip
+        else:
+            motion = load_motion(root / entry["motion"])
+        clip = make_clip(
+            audio, motion, entry["id"], fps, controls.get("emotion", "neutral"),
+            controls.get("emotion_strength", 0.0), controls.get("blink_rate", 1.0), phones,
+        )  # fmt: skip
+        (held if entry.get("split") == "held_out" else train).append(clip)
+    return train, held
+
+
+def _manifest_pairs(path: Path) -> list[tuple[Path, Path]]:
+    root = path.parent
+    if path.suffix.lower() == ".jsonl":
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    elif path.suffix.lower() == ".csv":
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    else:
+        raise HeadsplatError(f"manifest {path.name} must be .jsonl or .csv with 'audio' and 'motion' columns")
+    try:
+        return [(root / r["audio"], root / r["motion"]) for r in rows]
+    except KeyError as err:
+        raise HeadsplatError(f"manifest {path.name} lacks the {err.args[0]!r} column") from err
+
+
+def pair_files(path: Path) -> list[tuple[Path, Path]]:
+    """(audio, motion) file pairs from a folder (matched by file stem) or a manifest."""
+    if path.is_file():
+        return _manifest_pairs(path)
+    if not path.is_dir():
+        raise HeadsplatError(f"pairs not found: {path}")
+    motions = {p.stem: p for p in sorted(path.iterdir()) if p.suffix.lower() in MOTION_SUFFIXES}
+    pairs = []
+    for p in sorted(path.iterdir()):
+        if p.suffix.lower() in AUDIO_SUFFIXES + VIDEO_SUFFIXES and p.stem in motions:
+            pairs.append((p, motions[p.stem]))
+    if not pairs:
+        raise HeadsplatError(f"no audio file in {path} has a motion file of the same name (.npz/.json/.csv)")
+    return pairs
+
+
+def paired_clips(path: Path, fps: float) -> list[Clip]:
+    """Clips from real (audio, motion) pairs; their emotion is neutral and blink rate 1."""
+    return [make_clip(load_audio(a), load_motion(m), a.stem, fps) for a, m in pair_files(path)]
+
+
+def resolve_tracker(spec: str) -> Callable[[Path], Motion]:
+    """`package.module:function` → the callable that tracks a video file into a Motion."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise HeadsplatError(f"--tracker must look like package.module:function, got {spec!r}")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise HeadsplatError(f"cannot load tracker {spec!r}: {err}") from err
+
+
+def video_clips(folder: Path, track: Callable[[Path], Motion], fps: float) -> list[Clip]:
+    """Clips from talking videos: motion from `track(video)`, audio from the video's own track."""
+    videos = sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+    if not videos:
+        raise HeadsplatError(f"no videos ({', '.join(VIDEO_SUFFIXES)}) in {folder}")
+    clips = []
+    for video in videos:
+        motion = track(video)
+        if not isinstance(motion, Motion):
+            raise HeadsplatError(
+                f"the tracker returned {type(motion).__name__} for {video.name}, not a Motion"
+            )
+        clips.append(make_clip(load_audio(video), motion, video.stem, fps))
+    return clips
+
+
+# --------------------------------------------------------------------------------------------------
+# Batches and loss
+def motion_statistics(clips: Sequence[Clip]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std [59] of the training motion (std floored so rare shapes stay learnable)."""
+    values = np.concatenate([c.motion for c in clips])
+    return values.mean(0), np.maximum(values.std(0), 0.02)
+
+
+def sample_batch(
+    clips: Sequence[Clip], config: TrainConfig, rng: np.random.Generator
+) -> dict[str, torch.Tensor]:
+    """A batch of equal-length windows: [context | new frames (| look-ahead)] cut from random clips."""
+    context = config.model.context
+    has_context = rng.random() >= config.context_dropout
+    lengths = np.array([c.motion.shape[0] for c in clips])
+    longest = config.model.max_frames - (context if has_context else 0)
+    new = int(rng.integers(6, max(7, min(longest, 64))))
+    total = new + (context if has_context else 0)
+    eligible = np.flatnonzero(lengths >= total)
+    if eligible.size == 0:
+        total = int(lengths.max())
+        new = total - (context if has_context else 0)
+        eligible = np.flatnonzero(lengths >= total)
+    weights = lengths[eligible] / lengths[eligible].sum()
+    picks = rng.choice(eligible, size=config.batch_size, p=weights)
+    audio, motion, known_mask, emotion, blink = [], [], [], [], []
+    for i in picks:
+        clip = clips[i]
+        # Windows without context are first windows: they start at the clip's start half the time.
+        start = (
+            0
+            if (not has_context and rng.random() < 0.5)
+            else int(rng.integers(0, clip.motion.shape[0] - total + 1))
+        )
+        audio.append(clip.features[start : start + total])
+        motion.append(clip.motion[start : start + total])
+        mask = np.zeros(total, np.float32)
+        if has_context:
+            mask[:context] = 1
+        known_mask.append(mask)
+        emotion.append(clip.emotion)
+        blink.append(clip.blink_rate)
+    return {
+        "audio": torch.from_numpy(np.stack(audio)),
+        "motion": torch.from_numpy(np.stack(motion)),
+        "known_mask": torch.from_numpy(np.stack(known_mask)),
+        "emotion": torch.from_numpy(np.stack(emotion)),
+        "blink_rate": torch.tensor(blink, dtype=torch.float32),
+    }
+
+
+def diffusion_loss(net: MotionDenoiser, batch: dict[str, torch.Tensor], config: TrainConfig,
+                   generator: torch.Generator) -> torch.Tensor:  # fmt: skip
+    """Weighted x0 MSE plus velocity MSE on the frames to generate (context frames excluded)."""
+    x0 = net.normalize(batch["motion"])
+    b = x0.shape[0]
+    # Half uniform, half logit-normal noise levels: few-step samplers live at the high-noise end.
+    u = torch.rand(b, generator=generator)
+    logit = torch.sigmoid(torch.randn(b, generator=generator))
+    t = torch.where(torch.rand(b, generator=generator) < 0.5, u, logit).clamp(1e-3, 1.0)
+    noise = torch.randn(x0.shape, generator=generator)
+    xt = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
+    mask = batch["known_mask"]
+    known = x0 * mask[..., None]
+    keep = torch.rand(b, generator=generator) >= config.audio_dropout
+    tokens = net.encode_audio(batch["audio"], keep)
+    pred = net(xt, t, tokens, known, mask, batch["emotion"], batch["blink_rate"])
+    channel_weight = torch.ones(MOTION_DIM)
+    channel_weight[list(LIP_COLUMNS)] = config.lip_weight
+    frame_weight = (1 - mask)[..., None]
+    err = (pred - x0) ** 2 * channel_weight * frame_weight
+    loss = err.sum() / (frame_weight.sum() * MOTION_DIM)
+    vel_err = ((pred[:, 1:] - pred[:, :-1]) - (x0[:, 1:] - x0[:, :-1])) ** 2 * channel_weight
+    vel_weight = frame_weight[:, 1:]
+    return loss + config.velocity_weight * (vel_err * vel_weight).sum() / (vel_weight.sum() * MOTION_DIM)
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation
+def generate_clip(net: MotionDenoiser, clip: Clip, controls: GenerationControls, fps: float,
+                  chunk: int = 72, lookahead: int = 8) -> Motion:  # fmt: skip
+    """Offline generation for one clip's precomputed features."""
+    frames = np.concatenate(
+        list(generate_frames(net, iter([(clip.features, True)]), controls, chunk, lookahead))
+    )
+    return postprocess(frames, clip.features[:, -1], controls, fps)
+
+
+def lip_sync_scores(net: MotionDenoiser, clips: Sequence[Clip], fps: float, seed: int = 0,
+                    steps: int = 4, guidance: float = 0.5) -> dict:  # fmt: skip
+    """Mouth-opening correlation with the teacher (pooled over frames) and the p/b/m closure share."""
+    generated, target = [], []
+    closed = total = 0
+    for clip in clips:
+        emotion = EMOTIONS[int(np.argmax(clip.emotion))]
+        controls = GenerationControls(seed=seed, steps=steps, guidance=guidance, emotion=emotion,
+                                      emotion_strength=float(clip.emotion.max()), blink_rate=clip.blink_rate)  # fmt: skip
+        motion = generate_clip(net, clip, controls, fps)
+        generated.append(mouth_opening(motion.expression))
+        target.append(mouth_opening(clip.motion[:, : motion.expression.shape[1]]))
+        c, n = bilabial_closure(clip.phones, motion.expression, fps)
+        closed, total = closed + c, total + n
+    g, t = np.concatenate(generated), np.concatenate(target)
+    return {
+        "mouth_opening_correlation": float(np.corrcoef(g, t)[0, 1]),
+        "pbm_closed_share": closed / total if total else float("nan"),
+        "pbm_phones": total,
+        "clips": len(clips),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints
+def save_weights(net: MotionDenoiser, path: Path, meta: dict, half: bool = True) -> None:
+    """Weights as .safetensors (fp16 by default: the shipped file stays small) and config/notes as .json."""
+    from safetensors.torch import save_file
+
+    state = {k: (v.half() if half and v.is_floating_point() and "motion_" not in k else v).contiguous()
+             for k, v in net.state_dict().items()}  # fmt: skip
+    with atomic_output(path) as tmp:
+        save_file(state, str(tmp))
+    with atomic_output(path.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps({"model": net.config.to_dict(), **meta}, indent=2))
+
+
+def save_checkpoint(path: Path, net: MotionDenoiser, ema: MotionDenoiser, optimizer: torch.optim.Optimizer,
+                    step: int, config: TrainConfig) -> None:  # fmt: skip
+    """Everything needed to resume: model, EMA, optimiser moments (safetensors) and the step (json)."""
+    from safetensors.torch import save_file
+
+    tensors = {f"net.{k}": v.contiguous() for k, v in net.state_dict().items()}
+    tensors.update({f"ema.{k}": v.contiguous() for k, v in ema.state_dict().items()})
+    names = [n for n, _ in net.named_parameters()]
+    for i, name in enumerate(names):
+        state = optimizer.state.get(optimizer.param_groups[0]["params"][i], {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state:
+                tensors[f"opt.{name}.{key}"] = state[key].contiguous()
+    with atomic_output(path) as tmp:
+        save_file(tensors, str(tmp))
+    with atomic_output(path.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps({"step": step, "train": _config_dict(config)}))
+
+
+def load_checkpoint(
+    path: Path, net: MotionDenoiser, ema: MotionDenoiser, optimizer: torch.optim.Optimizer
+) -> int:
+    """Restore a `save_checkpoint` file; returns the step to continue from."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(require_file(path, "checkpoint")))
+    net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    for i, (name, _) in enumerate(net.named_parameters()):
+        param = optimizer.param_groups[0]["params"][i]
+        if f"opt.{name}.exp_avg" in tensors:
+            optimizer.state[param] = {
+                "step": torch.tensor(0.0),
+                "exp_avg": tensors[f"opt.{name}.exp_avg"],
+                "exp_avg_sq": tensors[f"opt.{name}.exp_avg_sq"],
+            }
+    step = int(json.loads(path.with_suffix(".json").read_text())["step"])
+    for state in optimizer.state.values():
+        state["step"] = torch.tensor(float(step))
+    return step
+
+
+def _config_dict(config: TrainConfig) -> dict:
+    data = asdict(config)
+    data["model"] = config.model.to_dict()
+    return data
+
+
+# --------------------------------------------------------------------------------------------------
+def train(clips: Sequence[Clip], config: TrainConfig, eval_clips: Sequence[Clip] = (), checkpoint: Path | None = None,
+          resume: Path | None = None, progress: bool = True, log: Callable[[str], None] = print) -> tuple[MotionDenoiser, dict]:  # fmt: skip
+    """Train on `clips` (checkpointing every 500 steps to `checkpoint`); returns the EMA network and a summary."""
+    from tqdm import tqdm
+
+    if not clips:
+        raise HeadsplatError("no training clips")
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    audio_dim = clips[0].features.shape[1]
+    model_config = config.model if config.model.audio_dim == audio_dim else MotionModelConfig(
+        **{**config.model.to_dict(), "audio_dim": audio_dim})  # fmt: skip
+    config = TrainConfig(**{**asdict(config), "model": model_config})
+    net = MotionDenoiser(model_config)
+    mean, std = motion_statistics(clips)
+    net.motion_mean.copy_(torch.from_numpy(mean))
+    net.motion_std.copy_(torch.from_numpy(std))
+    ema = MotionDenoiser(model_config)
+    ema.load_state_dict(net.state_dict())
+    ema.requires_grad_(False)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    step = 0
+    if resume is not None:
+        step = load_checkpoint(resume, net, ema, optimizer)
+        log(f"resumed from {resume} at step {step}")
+
+    def lr_at(i: int, elapsed: float) -> float:
+        # The cosine runs over whichever budget (steps or minutes) will run out first.
+        done = min(1.0, max(i / config.steps, elapsed / (config.minutes * 60)))
+        warm = min(1.0, (i + 1) / 200)
+        return config.lr * warm * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * done)))
+
+    start = time.perf_counter()
+    losses = []
+    bar = tqdm(total=config.steps, initial=step, desc="training", disable=not progress)
+    net.train()
+    while step < config.steps and (time.perf_counter() - start) < config.minutes * 60:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, time.perf_counter() - start)
+        loss = diffusion_loss(net, sample_batch(clips, config, rng), config, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        optimizer.step()
+        with torch.no_grad():
+            decay = min(config.ema, (1 + step) / (10 + step))
+            for e, p in zip(ema.parameters(), net.parameters()):
+                e.lerp_(p, 1 - decay)
+        losses.append(loss.item())
+        step += 1
+        bar.update(1)
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if checkpoint is not None and step % 500 == 0:
+            save_checkpoint(checkpoint, net, ema, optimizer, step, config)
+    bar.close()
+    elapsed = time.perf_counter() - start
+    if checkpoint is not None:
+        save_checkpoint(checkpoint, net, ema, optimizer, step, config)
+    ema.eval()
+    summary = {
+        "steps": step,
+        "train_minutes": round(elapsed / 60, 2),
+        "final_loss": float(np.mean(losses[-100:])) if losses else None,
+        "parameters": count_parameters(ema),
+        "train_clips": len(clips),
+        "train_frames": int(sum(c.motion.shape[0] for c in clips)),
+    }
+    if eval_clips:
+        with torch.inference_mode():
+            summary["eval"] = lip_sync_scores(
+                ema, [c for c in eval_clips if c.phones] or eval_clips, config.fps
+            )
+    return ema, {"train": _config_dict(config), "summary": summary}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.train_motion", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])  # fmt: skip
+    parser.add_argument("--corpus", type=Path, help="synthetic corpus folder (pipelines.synth_corpus)")
+    parser.add_argument("--pairs", type=Path, help="folder of audio+motion files, or a .jsonl/.csv manifest")
+    parser.add_argument("--videos", type=Path, help="folder of talking-head videos (needs --tracker)")
+    parser.add_argument("--tracker", help="MODULE:FUNCTION turning a video path into a Motion")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="weights to write (.safetensors; a .json goes beside)"
+    )
+    parser.add_argument("--checkpoint", type=Path,
+                        help="where to keep the resumable checkpoint (default: OUT.checkpoint.safetensors)")  # fmt: skip
+    parser.add_argument("--relabel", action="store_true",
+                        help="recompute corpus motion with the current teacher from the stored phones")  # fmt: skip
+    parser.add_argument(
+        "--resume", type=Path, help="checkpoint to continue from (OUT.checkpoint.safetensors)"
+    )
+    defaults = TrainConfig()
+    parser.add_argument("--steps", type=int, default=defaults.steps, help="optimiser steps")
+    parser.add_argument(
+        "--minutes", type=float, default=defaults.minutes, help="wall-clock budget of the loop"
+    )
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="windows per batch")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate")
+    parser.add_argument("--width", type=int, default=defaults.model.width, help="transformer width")
+    parser.add_argument("--depth", type=int, default=defaults.model.depth, help="transformer blocks")
+    parser.add_argument("--threads", type=int, default=defaults.threads, help="CPU threads for torch")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed")
+    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"),
+                        help="training runs on the CPU (the model is small); cuda is not used yet")  # fmt: skip
+    args = parser.parse_args(argv)
+    try:
+        if not (args.corpus or args.pairs or args.videos):
+            raise HeadsplatError("give training data: --corpus, --pairs and/or --videos")
+        if args.videos and not args.tracker:
+            raise HeadsplatError("--videos needs --tracker MODULE:FUNCTION to turn each video into motion")
+        if args.out.suffix != ".safetensors":
+            raise HeadsplatError("--out must end in .safetensors")
+        if not args.out.parent.is_dir():
+            raise HeadsplatError(f"output folder does not exist: {args.out.parent}")
+        config = TrainConfig(
+            steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr, threads=args.threads,
+            seed=args.seed, model=MotionModelConfig(width=args.width, depth=args.depth),
+        )  # fmt: skip
+        torch.set_num_threads(config.threads)
+        train_clips, eval_clips = [], []
+        if args.corpus:
+            t, h = corpus_clips(args.corpus, config.fps, relabel=args.relabel)
+            train_clips += t
+            eval_clips += h
+        if args.pairs:
+            train_clips += paired_clips(args.pairs, config.fps)
+        if args.videos:
+            train_clips += video_clips(args.videos, resolve_tracker(args.tracker), config.fps)
+        checkpoint = args.checkpoint or args.out.with_name(args.out.stem + ".checkpoint.safetensors")
+        net, meta = train(train_clips, config, eval_clips, checkpoint=checkpoint, resume=args.resume)
+        meta["data"] = {"corpus": str(args.corpus) if args.corpus else None,
+                        "pairs": str(args.pairs) if args.pairs else None,
+                        "videos": str(args.videos) if args.videos else None}  # fmt: skip
+        save_weights(net, args.out, meta)
+    except HeadsplatError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(meta["summary"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,217 @@
+"""Talk end to end: a playable mp4 with audio, lips that follow the driver, clear errors on bad input."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.latent import EXPRESSION_INDEX, Motion
+from pipelines.audio_io import load_audio, save_wav
+from pipelines.motion_io import save_motion
+from pipelines.talk import DEFAULT_AUDIO, DEFAULT_PORTRAIT, main
+
+FFPROBE = shutil.which("ffprobe")
+
+
+def _probe(path: Path) -> dict:
+    out = subprocess.run(
+        [FFPROBE, "-v", "error", "-show_streams", "-show_format", "-of", "json", str(path)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return json.loads(out.stdout)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("avatar-cache")
+
+
+@pytest.fixture(scope="module")
+def short_speech(tmp_path_factory):
+    """The first 2.3 s of the shipped speech sample."""
+    samples = load_audio(DEFAULT_AUDIO)[: int(2.3 * 16000)]
+    return save_wav(samples, tmp_path_factory.mktemp("audio") / "short.wav")
+
+
+def _run(args, capsys):
+    code = main([*args, "--quiet"])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.skipif(FFPROBE is None, reason="needs ffprobe (Debian package ffmpeg)")
+def test_shipped_portrait_and_speech_make_a_playable_mp4_with_audio(tmp_path, short_speech, cache, capsys):
+    out = tmp_path / "talk.mp4"
+    code, err = _run(
+        ["--audio", str(short_speech), "-o", str(out), "--size", "256", "--cache-dir", str(cache)], capsys
+    )
+    assert code == 0, err
+    info = _probe(out)
+    video = next(s for s in info["streams"] if s["codec_type"] == "video")
+    audio = [s for s in info["streams"] if s["codec_type"] == "audio"]
+    assert video["codec_name"] == "h264" and video["r_frame_rate"] == "25/1"
+    photo = Image.open(DEFAULT_PORTRAIT)
+    assert (int(video["width"]), int(video["height"])) == photo.size
+    assert audio and audio[0]["codec_name"] == "aac"
+    frames = int(video["nb_frames"])
+    assert abs(frames / 25.0 - 2.3) <= 1 / 25.0 + 1e-6
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "a temporary file was left behind"
+
+
+def _lip_motion(frames=60, fps=25.0):
+    """Mouth opens and closes twice, head still; eyes open."""
+    motion = Motion.neutral(frames, fps)
+    t = np.arange(frames) / fps
+    motion.expression[:, EXPRESSION_INDEX["jawOpen"]] = 0.55 * np.clip(np.sin(2 * np.pi * 0.8 * t), 0, 1)
+    return motion
+
+
+def test_lips_in_the_video_follow_the_driving_motion_and_a_still_head_does_not_jitter(
+    tmp_path, cache, capsys
+):
+    from models.face_tracker import FaceTracker
+    from pipelines.video_io import read_video
+
+    motion = _lip_motion()
+    save_motion(motion, tmp_path / "lips.npz")
+    out = tmp_path / "lips.mp4"
+    code, err = _run(
+        ["--motion", str(tmp_path / "lips.npz"), "-o", str(out), "--size", "384", "--cache-dir", str(cache)],
+        capsys,
+    )
+    assert code == 0, err
+    tracker = FaceTracker()
+    opening, eyes = [], []
+    roi = None
+    for frame in read_video(out):
+        # One fixed crop for every frame: the measured jitter is then the video's, not the tracker's
+        # own crop-to-crop wobble.
+        roi = roi or tracker.faces(frame)[0].roi
+        marks = tracker.landmarks(frame, roi)
+        p = marks.points
+        # MediaPipe: 13/14 inner upper/lower lip, 33/263 outer eye corners.
+        opening.append(np.linalg.norm(p[14, :2] - p[13, :2]) / marks.inter_ocular)
+        eyes.append(p[[33, 263, 1, 168], :2])
+    opening = np.asarray(opening)
+    driven = motion["jawOpen"][: len(opening)]
+    assert np.corrcoef(opening, driven)[0, 1] >= 0.7
+    # Lips close where the driver closes them: the opening at jaw-closed frames is near the smallest seen.
+    closed = driven < 0.02
+    assert opening[closed].mean() < opening.min() + 0.3 * np.ptp(opening)
+    # The head does not move in this motion: eye corners, nose tip and bridge do not jitter. Jitter is
+    # what is left after a 5-frame moving average (slow, smooth drift is not jitter).
+    eyes = np.asarray(eyes)
+    kernel = np.ones(5) / 5
+    smooth = np.apply_along_axis(lambda x: np.convolve(x, kernel, mode="same"), 0, eyes)
+    jitter = np.linalg.norm((eyes - smooth)[2:-2], axis=-1)
+    assert float(np.sqrt((jitter**2).mean())) < 0.5
+
+
+def test_a_driving_video_reenacts_the_portrait(tmp_path, cache, capsys):
+    from pipelines.video_io import VideoWriter
+
+    # The driver: the shipped portrait itself, rolled a little over one second (a rigid nod).
+    photo = np.asarray(Image.open(DEFAULT_PORTRAIT).convert("RGB"))
+    import cv2
+
+    driving = tmp_path / "driving.mp4"
+    with VideoWriter(driving, 25.0) as writer:
+        for k in range(25):
+            m = cv2.getRotationMatrix2D((256.0, 260.0), 6.0 * np.sin(2 * np.pi * k / 25), 1.0)
+            writer.write(
+                cv2.warpAffine(photo, m, (photo.shape[1], photo.shape[0]), borderMode=cv2.BORDER_REPLICATE)
+            )
+    out = tmp_path / "reenacted.mp4"
+    code, err = _run(
+        [
+            "--driving",
+            str(driving),
+            "-o",
+            str(out),
+            "--size",
+            "256",
+            "--save-motion",
+            str(tmp_path / "m.npz"),
+            "--cache-dir",
+            str(cache),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    from pipelines.motion_io import load_motion
+
+    motion = load_motion(tmp_path / "m.npz")
+    assert motion.num_frames == 25
+    roll = np.degrees(motion.rotation[:, 2])
+    # The roll of the driver comes through (sign aside: image rotation vs head roll conventions).
+    assert np.ptp(roll) > 6.0
+    assert abs(np.corrcoef(roll, np.sin(2 * np.pi * np.arange(25) / 25))[0, 1]) > 0.9
+
+
+def test_no_face_gives_one_clear_error_and_no_output(tmp_path, short_speech, capsys):
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((300, 300, 3), 200, np.uint8)).save(blank)
+    out = tmp_path / "x.mp4"
+    code, err = _run(
+        ["-s", str(blank), "--audio", str(short_speech), "-o", str(out), "--cache-dir", ""], capsys
+    )
+    assert code == 2 and "no face" in err and err.count("\n") == 1
+    assert not out.exists() and not list(tmp_path.glob(".x*"))
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: ["--audio", str(d / "missing.wav")], "not found"),
+        (lambda d: ["--audio", str(_write(d / "bad.wav", b"RIFF0000WAVEjunk"))], "bad.wav"),
+        (
+            lambda d: [
+                "--motion",
+                str(
+                    _write(
+                        d / "m.json",
+                        b'{"format": "headsplat.motion", "fps": 25, "expression": [[0.1]], "rotation": [[0,0,0]], "translation": [[0,0,0]]}',
+                    )
+                ),
+            ],
+            "shape",
+        ),
+        (lambda d: ["-o", str(d / "nowhere" / "out.mp4")], "output folder does not exist"),
+        (lambda d: ["-o", str(d / "out.avi")], ".mp4"),
+        (lambda d: ["-s", str(_write(d / "trunc.jpg", DEFAULT_PORTRAIT.read_bytes()[:3000]))], "trunc.jpg"),
+    ],
+)
+def test_bad_input_fails_with_one_line_and_leaves_nothing(tmp_path, make, message, capsys):
+    args = make(tmp_path)
+    if "-o" not in args:
+        args += ["-o", str(tmp_path / "out.mp4")]
+    code, err = _run([*args, "--cache-dir", ""], capsys)
+    assert code == 2, err
+    assert message in err and err.strip().count("\n") == 0, err
+    assert not list(tmp_path.glob("*.mp4")) and not list(tmp_path.glob(".*mp4"))
+
+
+def test_motion_that_does_not_match_the_audio_is_refused(tmp_path, short_speech, capsys):
+    save_motion(Motion.neutral(250, 25.0), tmp_path / "long.npz")  # 10 s of motion for 2.3 s of audio
+    code, err = _run(
+        [
+            "--motion",
+            str(tmp_path / "long.npz"),
+            "--audio",
+            str(short_speech),
+            "-o",
+            str(tmp_path / "o.mp4"),
+            "--cache-dir",
+            "",
+        ],
+        capsys,
+    )
+    assert code == 2 and "do not belong together" in err
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
