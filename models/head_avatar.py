@@ -693,11 +693,21 @@ def turntable_cameras(
     n_views: int,
     size: int = 512,
     pitch: float = 0.0,
+    yaw: float = 0.0,
     fov_y: float = math.radians(25.0),
 ) -> list[Camera]:
-    """`n_views` cameras orbiting the head (yaw 0 = in front), framing the head and neck."""
+    """`n_views` cameras on one turn about the head starting at `yaw` (0 = in front, radians), raised by
+    `pitch` radians, framing the head and neck (a 35 cm tall view)."""
     from renderers import orbit_cameras
 
-    centre = avatar.centre()
-    distance = 17.5 / math.tan(0.5 * fov_y)  # a 35 cm tall view: head, neck and a margin
-    return orbit_cameras(n_views, distance, centre.cpu(), pitch=pitch, width=size, height=size, fov_y=fov_y)
+    distance = 17.5 / math.tan(0.5 * fov_y)
+    return orbit_cameras(
+        n_views,
+        distance,
+        avatar.centre().cpu(),
+        pitch=pitch,
+        yaw_start=yaw,
+        width=size,
+        height=size,
+        fov_y=fov_y,
+    )
