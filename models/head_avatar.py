@@ -71,7 +71,7 @@ class HeadAvatarConfig:
     num_gaussians: int = 100_000
     """Target number of surface Gaussians (the mouth interior adds about 19k); the per-triangle grid
     makes the actual count land near, not on, this number."""
-    overlap: float = 1.5
+    overlap: float = 1.2
     """Standard deviation of a detail Gaussian relative to that of its sub-triangle (uniform density)."""
     base_share: float = 0.2
     """Share of the Gaussians in the coarse base layer under the detail layer."""
@@ -105,6 +105,9 @@ class HeadAvatarConfig:
     """Share of the Gaussians spread by surface area; the rest follow the photo's pixels."""
     refinement_steps: int = 2
     """Render-and-correct passes at the photo's view (0 turns refinement off)."""
+    refinement_rate: float = 0.8
+    """Share of a pixel's error each pass adds to its Gaussian (below 1: neighbours overlap, so full
+    steps overshoot)."""
 
 
 @dataclass
@@ -360,7 +363,33 @@ def mirror_points(head: HeadModel, triangle: Tensor, barycentric: Tensor) -> tup
     match = tris[mirror_tri][:, :, None] == mirrored[:, None, :]  # [N, 3 (theirs), 3 (ours)]
     bary = np.einsum("njk,nk->nj", match.astype(np.float32), barycentric.cpu().numpy())
     found &= match.sum((1, 2)) == 3
-    return torch.from_numpy(mirror_tri), torch.from_numpy(bary), torch.from_numpy(found)
+    # Quads are split along their 0-2 diagonal, which a mirrored quad may run the other way: there the
+    # mirror point lies on one of the nearby triangles, found by its barycentrics on the neutral mesh.
+    missing = np.nonzero(~found)[0]
+    if len(missing):
+        neutral = head.neutral.cpu().numpy().astype(np.float64)
+        corners = neutral[tris[triangle.cpu().numpy()[missing]]]
+        point = (barycentric.cpu().numpy()[missing, :, None] * corners).sum(1) * np.array([-1.0, 1.0, 1.0])
+        centroids = neutral[tris].mean(1)
+        _, near = cKDTree(centroids).query(point, k=8)  # [M, 8]
+        cand = neutral[tris[near]]  # [M, 8, 3, 3]
+        e1, e2 = cand[:, :, 1] - cand[:, :, 0], cand[:, :, 2] - cand[:, :, 0]
+        d = point[:, None] - cand[:, :, 0]
+        g11, g12, g22 = (e1 * e1).sum(-1), (e1 * e2).sum(-1), (e2 * e2).sum(-1)
+        r1, r2 = (d * e1).sum(-1), (d * e2).sum(-1)
+        det = np.maximum(g11 * g22 - g12 * g12, 1e-18)
+        u, v = (g22 * r1 - g12 * r2) / det, (g11 * r2 - g12 * r1) / det
+        cand_bary = np.stack([1 - u - v, u, v], -1)  # [M, 8, 3]
+        dist = np.linalg.norm(d - u[..., None] * e1 - v[..., None] * e2, axis=-1)
+        # Prefer a triangle that contains the point, then the one nearest to its plane.
+        score = np.minimum(cand_bary.min(-1), 0.0) * 10.0 - dist
+        best = score.argmax(1)
+        rows = np.arange(len(missing))
+        chosen_bary = np.clip(cand_bary[rows, best], 0.0, None)
+        mirror_tri[missing] = near[rows, best]
+        bary[missing] = chosen_bary / chosen_bary.sum(1, keepdims=True).clip(1e-12)
+        found[missing] = (cand_bary[rows, best].min(1) > -0.05) & (dist[rows, best] < 0.05)
+    return torch.from_numpy(mirror_tri), torch.from_numpy(bary.astype(np.float32)), torch.from_numpy(found)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -627,7 +656,7 @@ def build_head_avatar(
         photo_camera=camera,
         crop_box=box,
     )
-    refine_colours(avatar, crop, torch.from_numpy(own.confidence), cfg.refinement_steps)
+    refine_colours(avatar, crop, cfg.refinement_rate * torch.from_numpy(own.confidence), cfg.refinement_steps)
     return avatar
 
 
