@@ -75,10 +75,16 @@ class HeadAvatarConfig:
     """Standard deviation of a detail Gaussian relative to that of its sub-triangle (uniform density)."""
     base_share: float = 0.2
     """Share of the Gaussians in the coarse base layer under the detail layer."""
-    base_overlap: float = 2.5
+    base_overlap: float = 3.0
     """Like `overlap`, for the base layer: wide enough that it alone leaves no hole from any side."""
-    base_depth: float = 0.5
-    """How far under the surface the base layer sits, in triangle-size units."""
+    base_thickness: float = 0.8
+    """Like `thickness`, for the base layer: thicker, so grazing views along the surface stay opaque."""
+    base_depth: float = 1.0
+    """How far under the surface the base layer sits on the face and eyes, in triangle-size units: deep
+    enough that it never draws over the detail layer at the photo's view."""
+    base_depth_scalp: float = 0.5
+    """The same on the scalp and neck, whose big, curved triangles need the base close to the surface
+    to stay opaque along their silhouettes."""
     thickness: float = 0.3
     """Extent along the normal relative to the smaller in-plane extent (flat, but not a zero-width sheet
     when seen edge on)."""
@@ -333,6 +339,43 @@ def surface_binding(
     )
 
 
+def rim_binding(
+    vertices: Tensor,  # [V, 3] rest mesh, cm
+    triangles: Tensor,  # [T, 3]
+    chosen: Tensor,  # [C] the covered triangles
+    per_edge: int = 3,
+    width: float = 0.5,
+) -> MeshBinding:
+    """Gaussians along the open edges of the covered surface (the neck's base, the eye and mouth
+    openings): the tiling's Gaussians sit inside their triangles, so without these an open edge seen
+    from the side would fade out before the mesh ends. `width` is the in-plane sigma relative to the
+    spacing along the edge."""
+    tri = triangles[chosen].numpy()
+    local = np.array([[0, 1], [1, 2], [2, 0]])
+    edges = np.sort(tri[:, local], axis=2).reshape(-1, 2)  # [3C, 2]
+    _, inverse, counts = np.unique(edges, axis=0, return_inverse=True, return_counts=True)
+    open_edge = np.nonzero(counts[inverse.ravel()] == 1)[0]
+    owner, which = open_edge // 3, open_edge % 3
+    frac = (np.arange(per_edge) + 0.5) / per_edge
+    bary = np.zeros((len(owner), per_edge, 3), np.float32)
+    rows = np.arange(len(owner))[:, None]
+    bary[rows, :, local[which, 0][:, None]] = 1.0 - frac
+    bary[rows, :, local[which, 1][:, None]] = frac
+    owner_t = torch.from_numpy(np.repeat(chosen.numpy()[owner], per_edge))
+    frames, size = triangle_frames(vertices, triangles[owner_t])
+    a = vertices[triangles[owner_t, torch.from_numpy(np.repeat(local[which, 0], per_edge))]]
+    b = vertices[triangles[owner_t, torch.from_numpy(np.repeat(local[which, 1], per_edge))]]
+    sigma = width * (a - b).norm(dim=-1) / per_edge / size  # triangle-size units
+    identity_rot = torch.tensor([1.0, 0.0, 0.0, 0.0]).expand(len(owner_t), 4).contiguous()
+    return MeshBinding(
+        owner_t,
+        torch.from_numpy(bary.reshape(-1, 3)),
+        torch.zeros(len(owner_t)),
+        identity_rot,
+        torch.stack([sigma, sigma, 0.3 * sigma], -1),
+    )
+
+
 # ----------------------------------------------------------------------------------------------
 # Symmetry
 def mirror_vertices(head: HeadModel) -> np.ndarray:
@@ -565,9 +608,10 @@ def build_head_avatar(
             rest, tris, chosen, density, cfg.num_gaussians - n_base, cfg.overlap, cfg.thickness
         )
         # A coarser layer of wider Gaussians just under the skin closes the gaps between the small ones.
-        base = surface_binding(rest, tris, chosen, density, n_base, cfg.base_overlap, cfg.thickness)
-        base.offset = torch.full_like(base.offset, -cfg.base_depth)
-        surface = MeshBinding.concatenate([detail, base])
+        base = surface_binding(rest, tris, chosen, density, n_base, cfg.base_overlap, cfg.base_thickness)
+        on_scalp = torch.isin(base.triangle, head.region_triangles("head_and_neck"))
+        base.offset = -torch.where(on_scalp, cfg.base_depth_scalp, cfg.base_depth)
+        surface = MeshBinding.concatenate([detail, base, rim_binding(rest, tris, chosen)])
         rest_frames = triangle_frames(rest, tris)
         mouth, mouth_colors = _mouth_interior(head, rest, rest_frames, 1.0)  # brightness set below
 
