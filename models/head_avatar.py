@@ -26,6 +26,7 @@ its expression adds to the portrait's own; the neck's base stays with the body.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -188,8 +189,14 @@ class HeadAvatar:
 
     def to(self, device) -> HeadAvatar:
         """The same avatar with its tensors on `device`."""
+        # nn.Module.to moves in place: a copy keeps this avatar's head where it is.
+        head = (
+            self.head
+            if self.head.neutral.device == torch.device(device)
+            else copy.deepcopy(self.head).to(device)
+        )
         return HeadAvatar(
-            head=self.head.to(device),
+            head=head,
             identity=self.identity.to(device),
             rest_expression=self.rest_expression.to(device),
             binding=self.binding.to(device),
@@ -747,9 +754,10 @@ def refine_colours(avatar: HeadAvatar, crop: np.ndarray, confidence: Tensor, ste
     if steps <= 0:
         return
     cam = avatar.photo_camera
-    g = avatar.photo_gaussians()
+    vertices = avatar.photo_mesh()
+    means, _, _ = avatar.binding.pose(vertices, avatar.head.triangles)
     n = len(confidence)
-    px = project_points(g.means[:n], cam)
+    px = project_points(means[:n], cam)
     col = px[:, 0].floor().long().clamp(0, cam.width - 1)
     row = px[:, 1].floor().long().clamp(0, cam.height - 1)
     target = torch.from_numpy(crop)
