@@ -175,7 +175,7 @@ def main() -> None:
                 "ssim_face": round(ssim_after, 4),
                 "psnr_face_unrefined_db": round(psnr_before, 2),
                 "ssim_face_unrefined": round(ssim_before, 4),
-                "worst_alpha": round(worst, 4),
+                "worst_alpha": round(worst, 5),
                 "worst_alpha_view": worst_view,
                 "cpu_fps_512": round(cpu_fps, 2),
                 "cuda_fps_512": round(cuda_fps, 1) if isinstance(cuda_fps, float) else cuda_fps,

@@ -283,11 +283,14 @@ def test_cli_bad_inputs_fail_with_one_line_and_write_nothing(tmp_path, capsys):
     Image.fromarray(np.full((240, 320, 3), 200, np.uint8)).save(blank)
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8 not really a jpeg")
+    tiny = tmp_path / "tiny.png"
+    Image.open(DEFAULT_PORTRAIT).convert("RGB").resize((60, 70)).save(tiny)
     bad_avatar = tmp_path / "bad.safetensors"
     bad_avatar.write_bytes(b"nonsense")
     cases = [
         (["--image", str(blank), "-o", str(out)], "no face"),
         (["--image", str(corrupt), "-o", str(out)], "corrupt"),
+        (["--image", str(tiny), "-o", str(out)], "face"),
         (["--image", str(tmp_path / "nope.jpg"), "-o", str(out)], "not found"),
         (["-o", str(tmp_path / "missing")], "does not exist"),
         (["--avatar", str(bad_avatar), "-o", str(out)], "avatar"),
