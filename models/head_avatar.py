@@ -755,7 +755,8 @@ def refine_colours(avatar: HeadAvatar, crop: np.ndarray, confidence: Tensor, ste
         return
     cam = avatar.photo_camera
     vertices = avatar.photo_mesh()
-    means, _, _ = avatar.binding.pose(vertices, avatar.head.triangles)
+    means, quats, scales = avatar.binding.pose(vertices, avatar.head.triangles)
+    posed = Gaussians(means, quats, scales, avatar.opacities, avatar.colors)  # shares the colour tensor
     n = len(confidence)
     px = project_points(means[:n], cam)
     col = px[:, 0].floor().long().clamp(0, cam.width - 1)
@@ -763,10 +764,11 @@ def refine_colours(avatar: HeadAvatar, crop: np.ndarray, confidence: Tensor, ste
     target = torch.from_numpy(crop)
     w = confidence[:, None].float()
     for _ in range(steps):
-        out = rasterize(avatar.photo_gaussians(), cam, backend="cpu")
+        out = rasterize(posed, cam, backend="cpu")
         # Only where the render is opaque: at the silhouette the photo shows background, not the head.
         error = (target - out.rgb) * (out.alpha[..., None] > 0.98)
         avatar.colors[:n] = (avatar.colors[:n] + w * error[row, col]).clamp(0, 1)
+        posed.colors = avatar.colors
 
 
 def turntable_cameras(
