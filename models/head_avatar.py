@@ -40,6 +40,7 @@ from torch import Tensor
 
 from models.errors import HeadsplatError
 from models.gaussian_avatar import (
+    MOUTH_SOCKET_RGB,
     REFERENCE_SKIN,
     _mouth_interior,
     crop_box_for_head,
@@ -106,6 +107,9 @@ class HeadAvatarConfig:
     smoothness: float = 1.0
     """Weight of the mesh-graph Laplacian in the colour field; photo colours spread about
     sqrt(smoothness / prior_weight) cm into unseen surface before the prior takes over."""
+    lining_depth: float = 2.0
+    """How far under the neck's skin its dark inner lining sits, in triangle-size units (below the
+    base layer, so that from outside the lining never shows through)."""
     neck_blend_cm: tuple[float, float] = (-13.0, -7.0)
     """Neck heights (y, cm, rest mesh) between which the head's motion fades out towards the body."""
     area_share: float = 0.4
@@ -692,14 +696,31 @@ def build_head_avatar(
     skin_level = float(np.mean(skin_rgb))
     mouth_colors = (mouth_colors * float(np.clip(skin_level / REFERENCE_SKIN, 0.3, 1.6)) ** 0.5).clamp(0, 1)
 
-    binding = MeshBinding.concatenate([surface, mouth])
+    # The neck is an open tube: seen from below, its inside would show the outside's colours (the
+    # Gaussians are two-sided). A dark lining under the neck's skin is what shows from inside instead;
+    # from outside it is hidden behind the skin and its base layer.
+    with torch.no_grad():
+        # The face region runs down the front of the neck: its part below the chin is lined too.
+        hn, face = head.region_triangles("head_and_neck"), head.region_triangles("face")
+        neck_tris = torch.cat(
+            [hn[rest[tris[hn], 1].mean(1) < cfg.neck_blend_cm[1]], face[rest[tris[face], 1].mean(1) < -10.0]]
+        )
+        lining = surface_binding(
+            rest, tris, neck_tris, torch.ones(len(neck_tris)), len(neck_tris), cfg.base_overlap, cfg.thickness
+        )
+        lining.offset = torch.full_like(lining.offset, -cfg.lining_depth)
+    lining_colors = torch.from_numpy(np.asarray(MOUTH_SOCKET_RGB, np.float32)).expand(len(lining), 3)
+
+    binding = MeshBinding.concatenate([surface, lining, mouth])
     neck_low, neck_high = cfg.neck_blend_cm
     avatar = HeadAvatar(
         head=head,
         identity=ident,
         rest_expression=rest_expr,
         binding=binding,
-        colors=torch.cat([torch.from_numpy(np.clip(colors, 0, 1)).float(), mouth_colors.float()]),
+        colors=torch.cat(
+            [torch.from_numpy(np.clip(colors, 0, 1)).float(), lining_colors, mouth_colors.float()]
+        ),
         opacities=torch.full((len(binding),), 0.99),
         vertex_weights=((rest[:, 1] - neck_low) / (neck_high - neck_low)).clamp(0, 1),
         photo_rotation=photo_rot,
