@@ -5,8 +5,11 @@ interior — bound to its triangles with `MeshBinding`, so expressions and head 
 
 - Placement: every triangle is cut into m × m similar sub-triangles (m from an area budget that is
   denser on the face and eyes than on the scalp and neck) with one Gaussian at each sub-triangle's
-  centroid, shaped like the sub-triangle (its second moment), flat along the normal. The grid is
-  regular, so a small overlap factor closes the surface without holes from any side.
+  centroid, shaped like the sub-triangle (its second moment), flat along the normal. Half the
+  budget goes by surface area, half by the photo's pixels (about one Gaussian per visible pixel).
+  A coarser base layer of wider, thicker Gaussians just under the skin and a row of Gaussians on
+  the open edges close every gap from any side; a dark lining inside the open neck is what a view
+  from below sees.
 - Colour: the portrait is projected onto the fitted mesh posed as in the photo; a z-buffer
   (`rasterize_mesh`) decides what the photo sees, and the view angle weighs it (grazing views give
   little confidence). Unseen or grazing surface is completed by (1) the mirror point of the face
