@@ -146,7 +146,9 @@ def _gaussians_from_table(table: np.ndarray, path: Path) -> Gaussians:
 
     n = len(table)
     dc = cols("f_dc_0", "f_dc_1", "f_dc_2")
-    rest = cols(*(f"f_rest_{j}" for j in range(n_rest))).reshape(n, 3, k - 1).transpose(0, 2, 1)
+    # A DC-only file (degree 0, e.g. our own RGB export) has no f_rest columns at all.
+    rest_cols = cols(*(f"f_rest_{j}" for j in range(n_rest))) if n_rest else np.zeros((n, 0))
+    rest = rest_cols.reshape(n, 3, k - 1).transpose(0, 2, 1)
     with np.errstate(over="ignore"):
         opacities = 1.0 / (1.0 + np.exp(-cols("opacity")[:, 0]))
         scales = np.exp(cols("scale_0", "scale_1", "scale_2"))
