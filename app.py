@@ -11,7 +11,6 @@ HEADSPLAT_QUEUE_SIZE (jobs waiting, default 16), HEADSPLAT_TALK_SIZE (default re
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -108,19 +107,24 @@ def require_suffix(path: str | None, allowed: tuple[str, ...], what: str) -> Non
         )
 
 
-class PortraitImage(gr.Image):
-    """gr.Image whose unreadable uploads give a plain message instead of a bare 'Error'."""
+def plain_image_errors(image: gr.Image) -> gr.Image:
+    """Make an unreadable upload to `image` fail with a plain message instead of a bare 'Error'.
 
-    is_template = True  # the browser draws it with gr.Image's own widget
+    Wrapped on the instance: a gr.Image subclass would make Gradio write an app.pyi beside this file.
+    """
+    preprocess = image.preprocess
 
-    def preprocess(self, payload):
+    def checked(payload):
         try:
-            return super().preprocess(payload)
+            return preprocess(payload)
         except (PIL.UnidentifiedImageError, OSError, ValueError) as err:
             raise gr.Error(
                 "the portrait is not an image this app can read: upload a JPEG, PNG or WebP photo",
                 title="Wrong file type",
             ) from err
+
+    image.preprocess = checked
+    return image
 
 
 # ------------------------------------------------------------------------------------------------
@@ -337,7 +341,7 @@ def run_search(
     except HeadsplatError as err:
         raise user_error(err) from err
     summary = {"heads": state.heads, "scores": state.scores}
-    return str(out), json.dumps(summary)
+    return str(out), summary
 
 
 # ------------------------------------------------------------------------------------------------
@@ -349,8 +353,10 @@ def _talk_tab() -> None:
     )
     with gr.Row():
         with gr.Column():
-            portrait = PortraitImage(
-                label="Portrait", type="filepath", sources=["upload", "webcam", "clipboard"], height=300
+            portrait = plain_image_errors(
+                gr.Image(
+                    label="Portrait", type="filepath", sources=["upload", "webcam", "clipboard"], height=300
+                )
             )
             audio = gr.Audio(label="Speech", type="filepath", sources=["upload", "microphone"], format=None)
             text = gr.Textbox(label="…or text to say", lines=2, max_length=MAX_TEXT_CHARS)
