@@ -208,6 +208,69 @@ def run_talk(
 
 
 # ------------------------------------------------------------------------------------------------
+# Avatar3D
+def has_avatar3d() -> bool:
+    """Whether the Avatar3D pipeline is part of this checkout (its tab is shown only then)."""
+    import importlib.util
+
+    return importlib.util.find_spec("pipelines.avatar3d") is not None
+
+
+def run_avatar3d(
+    portrait: str | None,
+    num_gaussians: float,
+    size: float,
+    turntable_seconds: float,
+    audio: str | None,
+    text: str,
+    camera: str,
+    emotion: str,
+    seed: float,
+    still: bool,
+    progress=gr.Progress(track_tqdm=True),  # noqa: B008
+):
+    """Portrait → (3D view .ply, turntable mp4, talking mp4 or None, [ply, splat, avatar] downloads)."""
+    from pipelines.avatar3d import Avatar3DConfig, avatar3d
+    from pipelines.streaming import check_audio_length
+
+    if not portrait:
+        raise gr.Error("upload a portrait photo (or take one with the webcam)", title="No portrait")
+    require_suffix(portrait, IMAGE_SUFFIXES, "portrait")
+    require_suffix(audio, AUDIO_SUFFIXES, "audio")
+    text = (text or "").strip()
+    if audio and text:
+        raise gr.Error("give either audio or text, not both: clear one of them", title="Two drivers")
+    if len(text) > MAX_TEXT_CHARS:
+        raise gr.Error(f"the text has {len(text)} characters; the most is {MAX_TEXT_CHARS}", title="Too long")
+    workdir = new_workdir()
+    cfg = Avatar3DConfig(
+        image=portrait,
+        output=str(workdir),
+        audio=audio or None,
+        text=text or None,
+        camera=camera,
+        num_gaussians=int(num_gaussians),
+        size=int(size),
+        turntable_seconds=float(turntable_seconds),
+        seed=int(seed),
+        emotion=emotion,
+        still=bool(still),
+        device=talk_device(),
+        progress=True,  # tqdm bars, which gr.Progress(track_tqdm=True) shows
+    )
+    try:
+        check_audio_length(cfg.audio, max_seconds())
+        progress(0.0, desc="building the 3D head")
+        written = avatar3d(cfg)
+    except HeadsplatError as err:
+        raise user_error(err) from err
+    downloads = [str(written[k]) for k in ("ply", "splat", "avatar") if k in written]
+    turntable = str(written["turntable"]) if "turntable" in written else None
+    talking = str(written["talk"]) if "talk" in written else None
+    return str(written["ply"]), turntable, talking, downloads
+
+
+# ------------------------------------------------------------------------------------------------
 # Guide
 _pipelines: dict[str, object] = {}
 _pipelines_lock = threading.Lock()
@@ -398,6 +461,59 @@ def _talk_tab() -> None:
     go.click(run_talk, inputs, [live, video, motion], api_name="talk", concurrency_id="talk")
 
 
+def _avatar3d_tab() -> None:
+    gr.Markdown(
+        "A portrait becomes a 3D Gaussian head: turn it around in the viewer, download it as a standard "
+        "3DGS `.ply` (SuperSplat, gsplat and other viewers open it), and give it speech to make it talk."
+    )
+    with gr.Row():
+        with gr.Column():
+            portrait = plain_image_errors(
+                gr.Image(
+                    label="Portrait", type="filepath", sources=["upload", "webcam", "clipboard"], height=300
+                )
+            )
+            with gr.Row():
+                num_gaussians = gr.Slider(10_000, 200_000, value=50_000, step=5_000, label="Gaussians")
+                size = gr.Slider(
+                    128,
+                    768,
+                    value=int(_env_float("HEADSPLAT_TALK_SIZE", 384)),
+                    step=64,
+                    label="Video size (px)",
+                )
+            turntable_seconds = gr.Slider(0, 8, value=4, step=1, label="Turntable length (s; 0: none)")
+            with gr.Accordion("Make it talk", open=False):
+                audio = gr.Audio(
+                    label="Speech", type="filepath", sources=["upload", "microphone"], format=None
+                )
+                text = gr.Textbox(label="…or text to say", lines=2, max_length=MAX_TEXT_CHARS)
+                with gr.Row():
+                    camera = gr.Radio(["front", "orbit"], value="front", label="Camera")
+                    emotion = gr.Dropdown(list(EMOTIONS), value="neutral", label="Emotion")
+                with gr.Row():
+                    seed = gr.Number(value=0, precision=0, label="Seed")
+                    still = gr.Checkbox(label="Still head")
+            go = gr.Button("Build the 3D head", variant="primary")
+        with gr.Column():
+            view = gr.Model3D(label="3D head (.ply)", clear_color=(1.0, 1.0, 1.0, 1.0), height=360)
+            turntable = gr.Video(label="Turntable", autoplay=True, loop=True, interactive=False)
+            talking = gr.Video(label="Talking 3D head", interactive=False)
+            files = gr.File(
+                label="Downloads (.ply, .splat, avatar)", file_count="multiple", interactive=False
+            )
+    gr.Examples(
+        examples=[[str(DEFAULTS / "portrait.jpg")]], inputs=[portrait], label="Try the shipped portrait"
+    )
+    go.click(
+        run_avatar3d,
+        [portrait, num_gaussians, size, turntable_seconds, audio, text, camera, emotion, seed, still],
+        [view, turntable, talking, files],
+        api_name="avatar3d",
+        concurrency_id="avatar3d",
+    )
+
+
 def _guide_tab() -> None:
     gr.Markdown(
         "Diffusion-Transformer images steered by head-level perturbed attention (arXiv 2506.10978). "
@@ -460,12 +576,15 @@ def _guide_tab() -> None:
 
 
 def build_demo() -> gr.Blocks:
-    """The whole app: a Talk tab and a Guide tab, each calling the pipelines the CLIs use."""
+    """The whole app: Talk, Avatar3D (when its pipeline is present) and Guide tabs over the CLIs' pipelines."""
     concurrency = int(_env_float("HEADSPLAT_CONCURRENCY", 1))
     with gr.Blocks(title="headsplat", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# headsplat\nTalking heads and 3D head avatars drawn with Gaussian splatting.")
         with gr.Tab("Talk"):
             _talk_tab()
+        if has_avatar3d():
+            with gr.Tab("Avatar3D"):
+                _avatar3d_tab()
         with gr.Tab("Guide"):
             _guide_tab()
     demo.queue(default_concurrency_limit=concurrency, max_size=int(_env_float("HEADSPLAT_QUEUE_SIZE", 16)))

@@ -89,14 +89,14 @@ def _check(cfg: TalkConfig) -> None:
         raise HeadsplatError(f"size must be between 64 and 2048 pixels; got {cfg.size}")
 
 
-def _check_length(cfg: TalkConfig, max_seconds: float | None) -> None:
-    """Refuse an over-long audio driver before any work is spent on it."""
+def check_audio_length(audio: str | os.PathLike | None, max_seconds: float | None) -> None:
+    """Refuse audio longer than `max_seconds` (read no further than the limit) before work is spent on it."""
     from pipelines.audio_io import load_audio
 
-    if max_seconds is None or not cfg.audio:
+    if max_seconds is None or not audio:
         return
     try:
-        load_audio(cfg.audio, max_seconds=max_seconds)
+        load_audio(audio, max_seconds=max_seconds)
     except HeadsplatError as err:
         if "limit" not in str(err):
             raise
@@ -125,7 +125,7 @@ def stream_talk(
     if not workdir.is_dir():
         raise HeadsplatError(f"work folder does not exist: {workdir.name}")
     _check(cfg)
-    _check_length(cfg, config.max_seconds)
+    check_audio_length(cfg.audio, config.max_seconds)
     photo, avatar = prepare_avatar(cfg)  # the portrait first: a photo without a face fails fast
     if device == "cuda":
         avatar = avatar.to("cuda")
