@@ -223,6 +223,7 @@ def run_avatar3d(
     turntable_seconds: float,
     audio: str | None,
     text: str,
+    motion_file: str | None,
     camera: str,
     emotion: str,
     seed: float,
@@ -237,6 +238,7 @@ def run_avatar3d(
         raise gr.Error("upload a portrait photo (or take one with the webcam)", title="No portrait")
     require_suffix(portrait, IMAGE_SUFFIXES, "portrait")
     require_suffix(audio, AUDIO_SUFFIXES, "audio")
+    require_suffix(motion_file, MOTION_SUFFIXES, "motion file")
     text = (text or "").strip()
     if audio and text:
         raise gr.Error("give either audio or text, not both: clear one of them", title="Two drivers")
@@ -248,6 +250,7 @@ def run_avatar3d(
         output=str(workdir),
         audio=audio or None,
         text=text or None,
+        motion=motion_file or None,
         camera=camera,
         num_gaussians=int(num_gaussians),
         size=int(size),
@@ -488,6 +491,10 @@ def _avatar3d_tab() -> None:
                     label="Speech", type="filepath", sources=["upload", "microphone"], format=None
                 )
                 text = gr.Textbox(label="…or text to say", lines=2, max_length=MAX_TEXT_CHARS)
+                motion_file = gr.File(
+                    label="Motion file instead of generating one (Live Link Face .csv, .npz, .json)",
+                    file_types=list(MOTION_SUFFIXES),
+                )
                 with gr.Row():
                     camera = gr.Radio(["front", "orbit"], value="front", label="Camera")
                     emotion = gr.Dropdown(list(EMOTIONS), value="neutral", label="Emotion")
@@ -507,7 +514,19 @@ def _avatar3d_tab() -> None:
     )
     go.click(
         run_avatar3d,
-        [portrait, num_gaussians, size, turntable_seconds, audio, text, camera, emotion, seed, still],
+        [
+            portrait,
+            num_gaussians,
+            size,
+            turntable_seconds,
+            audio,
+            text,
+            motion_file,
+            camera,
+            emotion,
+            seed,
+            still,
+        ],
         [view, turntable, talking, files],
         api_name="avatar3d",
         concurrency_id="avatar3d",
