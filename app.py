@@ -503,7 +503,7 @@ def _avatar3d_tab() -> None:
                     still = gr.Checkbox(label="Still head")
             go = gr.Button("Build the 3D head", variant="primary")
         with gr.Column():
-            view = gr.Model3D(label="3D head (.ply)", clear_color=(1.0, 1.0, 1.0, 1.0), height=360)
+            view = gr.Model3D(label="3D head (.ply): drag to turn, scroll to zoom", height=360)
             turntable = gr.Video(label="Turntable", autoplay=True, loop=True, interactive=False)
             talking = gr.Video(label="Talking 3D head", interactive=False)
             files = gr.File(
