@@ -601,14 +601,6 @@ class _Worker:
         child.close()
         self.item: BatchItem | None = None
 
-    def stop(self) -> None:
-        with contextlib.suppress(OSError, BrokenPipeError):
-            self.conn.send(None)
-        self.process.join(timeout=5)
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(timeout=5)
-
 
 def _crash_result(item: BatchItem, exitcode: int | None, started: str) -> ItemResult:
     how = f"exit code {exitcode}"
@@ -650,13 +642,18 @@ def run_local(
         spawned += 1
         return _Worker(ctx, spawned, threads, gpu, runner)
 
+    retired: list[_Worker] = []
     try:
         pool = [spawn() for _ in range(min(workers, len(items)))]
         while scheduler:
-            for worker in pool:
+            for i, worker in enumerate(pool):
+                if worker.item is None and not worker.process.is_alive():
+                    worker.process.join()
+                    pool[i] = worker = spawn()  # it died between items: start another
                 if worker.item is None and (item := scheduler.take()) is not None:
                     worker.item, started[worker.number] = item, _now()
-                    worker.conn.send((item, *args))
+                    with contextlib.suppress(OSError):  # a worker dead by now is caught below
+                        worker.conn.send((item, *args))
             busy = [w for w in pool if w.item is not None]
             assert busy, "items are waiting but none is running"
             ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
@@ -667,29 +664,28 @@ def run_local(
                     with contextlib.suppress(EOFError, OSError):  # it died while sending: a crash
                         result = worker.conn.recv()
                 if result is None and worker.process.is_alive():
-                    continue  # only its sentinel woke us, or nothing yet: still working
+                    continue  # nothing from it yet: still working
                 if result is None:
                     worker.process.join()
                     result = _crash_result(worker.item, worker.process.exitcode, started[worker.number])
                 scheduler.finished(worker.item)
                 worker.item = None
                 finished.append(result)
-            # Replace dead workers while there is work left for them.
-            for i, worker in enumerate(pool):
-                if not worker.process.is_alive() and (scheduler.ready or scheduler.waiting):
-                    pool[i] = spawn()
             if finished:
                 on_result(finished)
-            # Drop workers that have nothing left to do, so their memory is freed early.
             if not scheduler.ready and not scheduler.waiting:
-                for worker in [w for w in pool if w.item is None and w.process.is_alive()]:
-                    worker.stop()
-                pool = [w for w in pool if w.item is not None or w.process.is_alive()]
+                # Nothing left to hand out: let idle workers exit now, so their memory is freed early.
+                for worker in [w for w in pool if w.item is None]:
+                    with contextlib.suppress(OSError):
+                        worker.conn.send(None)
+                    retired.append(worker)
+                pool = [w for w in pool if w.item is not None]
     finally:
-        for worker in pool:
+        for worker in pool + retired:
+            worker.process.join(timeout=5 if worker in retired else 0)
             if worker.process.is_alive():
                 worker.process.terminate()
-            worker.process.join(timeout=5)
+                worker.process.join(timeout=5)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -884,7 +880,10 @@ def run_batch(cfg: BatchConfig) -> BatchSummary:
 
     cpus = _cpu_count()
     workers = cfg.workers or default_workers()
-    threads = cfg.threads or max(1, cpus // max(1, min(workers, len(todo) or 1)))
+    if cfg.engine == "ray":
+        threads = cfg.threads or 1  # Ray packs one-CPU tasks onto every core of the cluster
+    else:
+        threads = cfg.threads or max(1, cpus // max(1, min(workers, len(todo) or 1)))
     args = (str(out), cfg.device, cache)
     try:
         if todo and cfg.engine == "local":
