@@ -14,6 +14,7 @@ from pipelines.batch import (
     RESULTS_NAME,
     BatchItem,
     ItemResult,
+    ManifestError,
     PortraitScheduler,
     ResultsLog,
     default_workers,
@@ -263,6 +264,20 @@ def test_avatar3d_items_fail_with_a_clear_message_when_the_pipeline_is_not_in_th
     result = run_item(item, str(tmp_path))
     assert result.status == "error" and result.error == AVATAR3D_MISSING
     assert result.detail is None  # an expected condition, not a crash
+
+
+def test_avatar3d_items_are_checked_against_its_config_when_the_pipeline_is_present(tmp_path):
+    pytest.importorskip("pipelines.avatar3d")
+    row = {"pipeline": "avatar3d", "portrait": "face.jpg", "output": "head3d", "background": [0, 0.5, 1]}
+    (item,) = load_manifest(_write_jsonl(tmp_path / "good.jsonl", [row]))
+    assert item.options == {"background": (0.0, 0.5, 1.0)}
+    bad = [{**row, "num_gaussians": "many"}, {**row, "output": "head.mp4"}, {**row, "background": [1, 1]}]
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(_write_jsonl(tmp_path / "bad.jsonl", bad))
+    assert [p.split(":")[0] for p in caught.value.problems] == ["line 1", "line 2", "line 3"]
+    assert "num_gaussians: expected a whole number" in caught.value.problems[0]
+    assert "names a folder" in caught.value.problems[1]
+    assert "expected a list of 3 values" in caught.value.problems[2]
 
 
 def test_ray_engine_without_ray_says_how_to_install_it(tmp_path, monkeypatch, capsys):
