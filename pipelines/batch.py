@@ -17,6 +17,10 @@ inside the output folder. Relative input paths resolve against the manifest's fo
 (ok, error, skipped; pending until it has run), timings, outputs and error message. Running the same
 command again skips the items whose results say ok and whose outputs exist, and renders the rest.
 Exit code: 0 when every item succeeded, 1 when any failed, 2 for a bad manifest or bad flags.
+
+On a Ray cluster every node needs headsplat installed (`pip install 'headsplat[dist]'`) and must see the
+manifest's inputs and the output folder at the same paths (a shared filesystem): tasks read the inputs
+and write their outputs themselves, as local workers do.
 """
 
 from __future__ import annotations
@@ -725,11 +729,10 @@ def run_ray(
     started_here = not ray.is_initialized()
     if started_here:
         root = str(Path(__file__).resolve().parents[1])
-        kwargs: dict = {"include_dashboard": False, "log_to_driver": True}
         if address:
-            kwargs["address"] = address
+            kwargs: dict = {"address": address}  # an existing cluster keeps its own settings
         else:
-            kwargs["num_cpus"] = num_cpus
+            kwargs = {"num_cpus": num_cpus, "include_dashboard": False}
             # A local instance's workers import this checkout even when headsplat is not installed.
             kwargs["runtime_env"] = {
                 "env_vars": {
