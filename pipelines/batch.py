@@ -56,6 +56,8 @@ STATUSES = ("pending", "ok", "error", "skipped")
 #: Resident memory one worker needs at worst (512² talk: torch, the head model, an avatar, the encoder).
 WORKER_MEMORY_BYTES = 2 << 30
 AVATAR3D_MISSING = "avatar3d pipeline not available in this build"
+#: What a local worker says when it begins an item.
+STARTED = "started"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -588,6 +590,7 @@ def _worker_main(conn, threads: int, gpu: str | None, runner: Callable) -> None:
             return
         if task is None:
             return
+        conn.send(STARTED)  # the item's clock starts now, not while this process was still importing
         conn.send(runner(*task))
 
 
@@ -606,16 +609,24 @@ class _Worker:
         self.item: BatchItem | None = None
 
 
+def _failed(item: BatchItem, started: str, error: str) -> ItemResult:
+    return ItemResult(
+        item.output, item.line, item.pipeline, status="error", started=started, finished=_now(), error=error,
+        fingerprint=item.fingerprint,
+    )  # fmt: skip
+
+
+def _timeout_message(seconds: float) -> str:
+    return f"stopped after {seconds:g} s (--item-timeout); give it more time or a shorter driver"
+
+
 def _crash_result(item: BatchItem, exitcode: int | None, started: str) -> ItemResult:
     how = f"exit code {exitcode}"
     if exitcode is not None and exitcode < 0:
         with contextlib.suppress(ValueError):
             how = f"killed by {signal.Signals(-exitcode).name}"
     hint = "; it may have run out of memory (try fewer --workers)" if exitcode == -signal.SIGKILL else ""
-    return ItemResult(
-        item.output, item.line, item.pipeline, status="error", started=started, finished=_now(),
-        error=f"the worker process died while making this item ({how}){hint}", fingerprint=item.fingerprint,
-    )  # fmt: skip
+    return _failed(item, started, f"the worker process died while making this item ({how}){hint}")
 
 
 def run_local(
@@ -626,10 +637,12 @@ def run_local(
     on_result: Callable[[list[ItemResult]], None],
     gpus: int = 0,
     runner: Callable = run_item,
+    item_timeout: float | None = None,
 ) -> None:
     """Run `runner(item, *args)` for every item in `workers` spawned processes; results go to `on_result`.
 
-    A worker that dies (segfault, out-of-memory kill) fails only its own item and is replaced.
+    A worker that dies (segfault, out-of-memory kill) or runs past `item_timeout` seconds fails only its
+    own item and is replaced.
     """
     import multiprocessing as mp
     from multiprocessing.connection import wait
@@ -638,6 +651,7 @@ def run_local(
     scheduler = PortraitScheduler(items)
     pool: list[_Worker] = []
     started: dict[int, str] = {}
+    deadline: dict[int, float] = {}
     spawned = 0
 
     def spawn() -> _Worker:
@@ -656,19 +670,32 @@ def run_local(
                     pool[i] = worker = spawn()  # it died between items: start another
                 if worker.item is None and (item := scheduler.take()) is not None:
                     worker.item, started[worker.number] = item, _now()
+                    deadline[worker.number] = math.inf  # set when the worker says it has started
                     with contextlib.suppress(OSError):  # a worker dead by now is caught below
                         worker.conn.send((item, *args))
             busy = [w for w in pool if w.item is not None]
             assert busy, "items are waiting but none is running"
-            ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
+            soonest = min(deadline[w.number] for w in busy) - time.monotonic()
+            wait(
+                [w.conn for w in busy] + [w.process.sentinel for w in busy],
+                timeout=None if math.isinf(soonest) else max(0.0, soonest),
+            )
             finished: list[ItemResult] = []
             for worker in busy:
                 result = None
-                if worker.conn in ready or worker.conn.poll():
-                    with contextlib.suppress(EOFError, OSError):  # it died while sending: a crash
-                        result = worker.conn.recv()
+                with contextlib.suppress(EOFError, OSError):  # it died while sending: a crash
+                    while result is None and worker.conn.poll():
+                        message = worker.conn.recv()
+                        if message == STARTED:
+                            deadline[worker.number] = time.monotonic() + (item_timeout or math.inf)
+                        else:
+                            result = message
                 if result is None and worker.process.is_alive():
-                    continue  # nothing from it yet: still working
+                    if time.monotonic() < deadline[worker.number]:
+                        continue  # nothing from it yet: still working
+                    worker.process.kill()  # hung or too slow: its item fails, a fresh worker takes over
+                    worker.process.join()
+                    result = _failed(worker.item, started[worker.number], _timeout_message(item_timeout))
                 if result is None:
                     worker.process.join()
                     result = _crash_result(worker.item, worker.process.exitcode, started[worker.number])
@@ -705,6 +732,15 @@ def import_ray():
     return ray
 
 
+def _ray_slots(ray, threads: int, gpus_per_item: float) -> int:
+    """How many items the cluster can run at once now (at least 1)."""
+    resources = ray.cluster_resources()
+    slots = resources.get("CPU", 1) // threads
+    if gpus_per_item:
+        slots = min(slots, resources.get("GPU", 0) // gpus_per_item)
+    return max(1, int(slots))
+
+
 def _ray_item(item: BatchItem, out_dir: str, device: str, cache_dir: str | None, threads: int) -> ItemResult:
     """One item inside a Ray task: the same `run_item`, with the task's thread budget."""
     _limit_threads(threads)
@@ -719,6 +755,7 @@ def run_ray(
     address: str | None = None,
     num_cpus: int | None = None,
     gpus_per_item: float | None = None,
+    item_timeout: float | None = None,
 ) -> None:
     """Run every item as a Ray task (GPUs requested when the cluster has them); results go to `on_result`.
 
@@ -748,25 +785,39 @@ def run_ray(
         scheduler = PortraitScheduler(items)
         in_flight: dict = {}
         started: dict = {}
+        submitted: dict = {}
         while scheduler:
-            while (item := scheduler.take()) is not None:
+            # With a timeout, only as many tasks as the cluster can run at once are in flight, so a
+            # task's clock starts when it can start; without one, all are queued (autoscalers see demand).
+            room = (
+                math.inf if item_timeout is None else _ray_slots(ray, threads, gpus_per_item) - len(in_flight)
+            )
+            while room > 0 and (item := scheduler.take()) is not None:
                 ref = task.remote(item, *args, threads)
-                in_flight[ref], started[ref] = item, _now()
-            done, _ = ray.wait(list(in_flight), num_returns=1)
+                in_flight[ref], started[ref], submitted[ref] = item, _now(), time.monotonic()
+                room -= 1
+            done, _ = ray.wait(list(in_flight), num_returns=1, timeout=None if item_timeout is None else 1.0)
             finished = []
             for ref in done:
                 item = in_flight.pop(ref)
                 try:
                     result = ray.get(ref)
+                except ray.exceptions.TaskCancelledError:
+                    result = _failed(item, started[ref], _timeout_message(item_timeout))
                 except ray.exceptions.RayError as err:  # the task's worker died, or the node went away
-                    result = ItemResult(
-                        item.output, item.line, item.pipeline, status="error", started=started[ref],
-                        finished=_now(), error=f"the Ray task failed: {type(err).__name__}: {str(err).splitlines()[0]}",
-                        fingerprint=item.fingerprint,
-                    )  # fmt: skip
+                    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                    result = _failed(
+                        item, started[ref], f"the Ray task failed: {type(err).__name__}: {first}"
+                    )
                 scheduler.finished(item)
                 finished.append(result)
-            on_result(finished)
+            if finished:
+                on_result(finished)
+            if item_timeout is not None:
+                for ref in in_flight:
+                    if time.monotonic() - submitted[ref] > item_timeout:
+                        ray.cancel(ref, force=True)  # its result arrives as TaskCancelledError above
+                        submitted[ref] = math.inf
     finally:
         if started_here:
             ray.shutdown()
@@ -799,6 +850,8 @@ class BatchConfig:
     """Ray cluster to use ("auto", "ray://host:10001"); None starts a local one."""
     gpus_per_item: float | None = None
     """GPUs each Ray task asks for (None: 1 when the cluster has GPUs and device is not cpu, else 0)."""
+    item_timeout: float | None = None
+    """Seconds one item may take before it is stopped and marked failed (None: no limit)."""
     seed: int | None = None
     """Seed of the items that set none of their own (None: each pipeline's default)."""
     progress: bool = True
@@ -836,6 +889,8 @@ def run_batch(cfg: BatchConfig) -> BatchSummary:
         raise HeadsplatError(f"--device must be auto, cpu or cuda; got {cfg.device!r}")
     if cfg.workers is not None and cfg.workers < 1:
         raise HeadsplatError(f"--workers must be at least 1; got {cfg.workers}")
+    if cfg.item_timeout is not None and not cfg.item_timeout > 0:
+        raise HeadsplatError(f"--item-timeout must be a positive number of seconds; got {cfg.item_timeout}")
     if cfg.threads is not None and cfg.threads < 1:
         raise HeadsplatError(f"--threads must be at least 1; got {cfg.threads}")
     items = load_manifest(cfg.manifest)
@@ -891,9 +946,18 @@ def run_batch(cfg: BatchConfig) -> BatchSummary:
     try:
         if todo and cfg.engine == "local":
             gpus = _local_gpus(cfg.device)
-            run_local(todo, args, workers, threads, on_result, gpus=gpus)
+            run_local(todo, args, workers, threads, on_result, gpus=gpus, item_timeout=cfg.item_timeout)
         elif todo:
-            run_ray(todo, args, threads, on_result, cfg.ray_address, cfg.workers, cfg.gpus_per_item)
+            run_ray(
+                todo,
+                args,
+                threads,
+                on_result,
+                cfg.ray_address,
+                cfg.workers,
+                cfg.gpus_per_item,
+                cfg.item_timeout,
+            )
     finally:
         bar.close()
     return BatchSummary(list(log.rows.values()), log.path, time.perf_counter() - start)
@@ -958,6 +1022,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default="auto", choices=("auto", "cpu", "cuda"), help="where items render (default: auto)"
     )
     parser.add_argument("--cache-dir", help="where built avatars are cached (default: OUTPUT_DIR/.cache)")
+    parser.add_argument(
+        "--item-timeout", type=float, metavar="SECONDS",
+        help="stop an item that runs longer and mark it failed (default: no limit)",
+    )  # fmt: skip
     parser.add_argument("--redo", action="store_true", help="render every item again, even finished ones")
     parser.add_argument(
         "--ray-address", help="Ray cluster address ('auto', 'ray://host:10001'; default: a local one)"
@@ -977,7 +1045,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = BatchConfig(
         manifest=args.manifest, output_dir=args.output_dir, engine=args.engine, workers=args.workers,
         threads=args.threads, device=args.device, cache_dir=args.cache_dir, redo=args.redo,
-        ray_address=args.ray_address, gpus_per_item=args.gpus_per_item, seed=args.seed,
+        ray_address=args.ray_address, gpus_per_item=args.gpus_per_item, item_timeout=args.item_timeout, seed=args.seed,
         progress=not args.quiet,
     )  # fmt: skip
     try:

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -230,28 +231,34 @@ def test_scheduler_builds_each_portrait_once_before_its_other_items():
 
 
 def _exit_on_crash_item(item: BatchItem, out_dir: str) -> ItemResult:
-    """A stand-in pipeline for the pool test: the item named crash*.mp4 kills its worker process."""
+    """A stand-in pipeline for the pool test: crash*.mp4 kills its worker process, hang*.mp4 never ends."""
     if item.output.startswith("crash"):
         os._exit(3)
+    if item.output.startswith("hang"):
+        time.sleep(3600)
     return ItemResult(
         item.output, item.line, item.pipeline, status="ok", outputs=[item.output], worker=str(os.getpid())
     )
 
 
-def test_a_worker_process_that_dies_fails_only_its_item(tmp_path):
-    items = [
-        BatchItem(output=f"{name}.mp4", line=i + 1) for i, name in enumerate(["a", "crash", "b", "c", "d"])
-    ]
+def test_a_worker_process_that_dies_or_hangs_fails_only_its_item(tmp_path):
+    names = ["a", "crash", "b", "hang", "c", "d"]
+    items = [BatchItem(output=f"{name}.mp4", line=i + 1) for i, name in enumerate(names)]
     for item in items:
         item.inputs = {"portrait": f"/{item.output}.jpg"}  # distinct portraits: nothing waits for a build
     got: list[ItemResult] = []
-    run_local(items, (str(tmp_path),), workers=2, threads=1, on_result=got.extend, runner=_exit_on_crash_item)
+    run_local(
+        items, (str(tmp_path),), workers=2, threads=1, on_result=got.extend, runner=_exit_on_crash_item,
+        item_timeout=2.0,
+    )  # fmt: skip
     by_name = {r.output: r for r in got}
-    assert sorted(by_name) == ["a.mp4", "b.mp4", "c.mp4", "crash.mp4", "d.mp4"]
+    assert sorted(by_name) == sorted(f"{n}.mp4" for n in names)
     assert by_name["crash.mp4"].status == "error"
     assert by_name["crash.mp4"].error.startswith(
         "the worker process died while making this item (exit code 3)"
     )
+    assert by_name["hang.mp4"].status == "error"
+    assert by_name["hang.mp4"].error.startswith("stopped after 2 s (--item-timeout)")
     assert all(by_name[n].status == "ok" for n in ("a.mp4", "b.mp4", "c.mp4", "d.mp4"))
 
 
