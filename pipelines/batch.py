@@ -457,17 +457,15 @@ def run_item(item: BatchItem, out_dir: str, device: str = "auto", cache_dir: str
 
 def _limit_threads(threads: int) -> None:
     """Make this process use `threads` CPU threads in torch, numba and BLAS (workers × threads ≈ cores)."""
+    # torch, numba and the BLAS libraries read these when they start, so a fresh worker need not import
+    # them here; a reused one (a Ray worker) that already has them is told directly.
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ[var] = str(threads)
-    import torch
-
-    torch.set_num_threads(threads)
-    with contextlib.suppress(Exception):
-        torch.set_num_interop_threads(1)
-    import numba
-
-    # NUMBA_NUM_THREADS is read when numba first starts its pool; set_num_threads covers a started one.
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    if "numba" in sys.modules:
+        numba = sys.modules["numba"]
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -741,10 +739,10 @@ def _ray_slots(ray, threads: int, gpus_per_item: float) -> int:
     return max(1, int(slots))
 
 
-def _ray_item(item: BatchItem, out_dir: str, device: str, cache_dir: str | None, threads: int) -> ItemResult:
-    """One item inside a Ray task: the same `run_item`, with the task's thread budget."""
+def _ray_item(runner: Callable, threads: int, item: BatchItem, *args) -> ItemResult:
+    """One item inside a Ray task: `runner` (run_item) with the task's thread budget."""
     _limit_threads(threads)
-    return run_item(item, out_dir, device, cache_dir)
+    return runner(item, *args)
 
 
 def run_ray(
@@ -756,6 +754,7 @@ def run_ray(
     num_cpus: int | None = None,
     gpus_per_item: float | None = None,
     item_timeout: float | None = None,
+    runner: Callable = run_item,
 ) -> None:
     """Run every item as a Ray task (GPUs requested when the cluster has them); results go to `on_result`.
 
@@ -778,7 +777,7 @@ def run_ray(
             }
         ray.init(**kwargs)
     try:
-        device = args[1]
+        device = args[1] if len(args) > 1 else "auto"
         if gpus_per_item is None:
             gpus_per_item = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 and device != "cpu" else 0.0
         task = ray.remote(_ray_item).options(num_cpus=threads, num_gpus=gpus_per_item, max_retries=0)
@@ -793,7 +792,7 @@ def run_ray(
                 math.inf if item_timeout is None else _ray_slots(ray, threads, gpus_per_item) - len(in_flight)
             )
             while room > 0 and (item := scheduler.take()) is not None:
-                ref = task.remote(item, *args, threads)
+                ref = task.remote(runner, threads, item, *args)
                 in_flight[ref], started[ref], submitted[ref] = item, _now(), time.monotonic()
                 room -= 1
             done, _ = ray.wait(list(in_flight), num_returns=1, timeout=None if item_timeout is None else 1.0)
@@ -851,7 +850,9 @@ class BatchConfig:
     gpus_per_item: float | None = None
     """GPUs each Ray task asks for (None: 1 when the cluster has GPUs and device is not cpu, else 0)."""
     item_timeout: float | None = None
-    """Seconds one item may take before it is stopped and marked failed (None: no limit)."""
+    """Seconds one item may take before it is stopped and marked failed (None: no limit). Locally the clock
+    starts when a worker begins the item; on Ray when the task is handed to the cluster (a fresh Ray worker's
+    start-up counts), and only as many tasks as the cluster has room for are handed out at a time."""
     seed: int | None = None
     """Seed of the items that set none of their own (None: each pipeline's default)."""
     progress: bool = True
@@ -1024,7 +1025,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-dir", help="where built avatars are cached (default: OUTPUT_DIR/.cache)")
     parser.add_argument(
         "--item-timeout", type=float, metavar="SECONDS",
-        help="stop an item that runs longer and mark it failed (default: no limit)",
+        help="stop an item that runs longer and mark it failed; with Ray, a worker's start-up counts "
+        "(default: no limit)",
     )  # fmt: skip
     parser.add_argument("--redo", action="store_true", help="render every item again, even finished ones")
     parser.add_argument(

@@ -25,7 +25,9 @@ from pipelines.batch import (
     run_local,
 )
 from pipelines.motion_io import save_motion
-from pipelines.talk import DEFAULT_PORTRAIT
+
+# Not imported from pipelines.talk: worker processes of the pool test import this module, and stay light.
+DEFAULT_PORTRAIT = Path(__file__).resolve().parents[1] / "assets" / "defaults" / "portrait.jpg"
 
 # Tiny items: a half-second idle motion at 128², the square crop (no paste-back into the full photo).
 TINY = {"size": 128, "crop": True}
