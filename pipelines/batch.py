@@ -99,16 +99,24 @@ PIPELINES: dict[str, PipelineEntry] = {
 TEXT_INPUTS = ("text",)
 
 
-def _config_class(pipeline: str) -> type | None:
-    """The pipeline's config dataclass, or None when its module is not part of this build."""
+def _unavailable(pipeline: str) -> str | None:
+    """Why the pipeline cannot run in this build (None when it can)."""
     entry = PIPELINES[pipeline]
     try:
-        module = importlib.import_module(entry.module)
-    except ModuleNotFoundError as err:
-        if err.name != entry.module:
-            raise  # the module is there but one of its own imports is broken: not ours to hide
+        importlib.import_module(entry.module)
+    except ImportError as err:
+        message = entry.missing_message or f"{pipeline} pipeline not available in this build"
+        # A module that is there but cannot import one of its own dependencies: say which.
+        return message if err.name == entry.module else f"{message} ({err})"
+    return None
+
+
+def _config_class(pipeline: str) -> type | None:
+    """The pipeline's config dataclass, or None when its module is not part of this build."""
+    if _unavailable(pipeline) is not None:
         return None
-    return getattr(module, entry.config_class)
+    entry = PIPELINES[pipeline]
+    return getattr(importlib.import_module(entry.module), entry.config_class)
 
 
 def option_types(pipeline: str) -> dict[str, type] | None:
@@ -409,10 +417,9 @@ def _now() -> str:
 
 def item_config(item: BatchItem, out_dir: Path, device: str, cache_dir: str | None):
     """The pipeline config of one item, with inputs, output path, device and avatar cache filled in."""
-    entry = PIPELINES[item.pipeline]
     config = _config_class(item.pipeline)
     if config is None:
-        raise HeadsplatError(entry.missing_message or f"{item.pipeline} pipeline not available in this build")
+        raise HeadsplatError(_unavailable(item.pipeline))
     values = dict(item.options)
     for key, value in item.inputs.items():
         values["image" if key == "portrait" else key] = value
