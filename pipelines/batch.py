@@ -903,10 +903,7 @@ def run_batch(cfg: BatchConfig) -> BatchSummary:
         raise HeadsplatError(f"--threads must be at least 1; got {cfg.threads}")
     items = load_manifest(cfg.manifest)
     if cfg.seed is not None:
-        for item in items:
-            known_options = option_types(item.pipeline)
-            if known_options is not None and "seed" in known_options:
-                item.options.setdefault("seed", int(cfg.seed))
+        apply_default_seed(items, cfg.seed)
     if cfg.engine == "ray":
         import_ray()  # fail before any work when Ray is missing
     out = Path(cfg.output_dir).resolve()
@@ -969,6 +966,14 @@ def run_batch(cfg: BatchConfig) -> BatchSummary:
     finally:
         bar.close()
     return BatchSummary(list(log.rows.values()), log.path, time.perf_counter() - start)
+
+
+def apply_default_seed(items: list[BatchItem], seed: int) -> None:
+    """Give `seed` to the items that set none of their own (and whose pipeline has one)."""
+    for item in items:
+        known_options = option_types(item.pipeline)
+        if known_options is not None and "seed" in known_options:
+            item.options.setdefault("seed", int(seed))
 
 
 def _preflight(items: list[BatchItem], log: ResultsLog) -> list[BatchItem]:

@@ -18,6 +18,7 @@ from pipelines.batch import (
     ManifestError,
     PortraitScheduler,
     ResultsLog,
+    apply_default_seed,
     default_workers,
     load_manifest,
     main,
@@ -199,6 +200,15 @@ def test_csv_manifest_reads_like_the_same_jsonl(tmp_path):
     assert from_csv[0].options == {"size": 128, "crop": True, "expression_scale": 0.5}
     assert from_csv[0].inputs["portrait"] == str(tmp_path / "face.jpg")  # relative to the manifest
     assert from_csv[1].options == {"crop": False, "seed": 7}
+
+
+def test_seed_flag_fills_in_items_without_their_own_seed(tmp_path):
+    rows = [{"output": "a.mp4"}, {"output": "b.mp4", "seed": 5}]
+    items = load_manifest(_write_jsonl(tmp_path / "m.jsonl", rows))
+    before = [i.fingerprint for i in items]
+    apply_default_seed(items, 9)
+    assert [i.options.get("seed") for i in items] == [9, 5]
+    assert items[0].fingerprint != before[0] and items[1].fingerprint == before[1]  # a new seed re-renders
 
 
 def test_resume_reuses_only_unchanged_items_whose_outputs_exist(tmp_path):
