@@ -109,7 +109,7 @@ def test_talk_streams_chunks_then_gives_the_full_mp4_and_the_motion(client, medi
     durations = [float(d) for d in re.findall(r"#EXTINF:([0-9.]+)", playlist)]
     assert len(durations) == 2 and abs(sum(durations) - 1.0) < 0.05, playlist
     # The motion download is the motion that drove the video: the jaw opens as the input did.
-    played = load_motion(motion_csv, csv_fps=FPS)
+    played = load_motion(motion_csv)
     assert played.num_frames == FPS
     jaw = played.expression[:, EXPRESSION_INDEX["jawOpen"]]
     expected = load_motion(media / "jaw.npz").resample(FPS).expression[:, EXPRESSION_INDEX["jawOpen"]]
@@ -121,7 +121,7 @@ def test_talk_streams_chunks_then_gives_the_full_mp4_and_the_motion(client, medi
 def test_talk_from_speech_alone_makes_a_video_with_audio(client, media):
     _, video, motion_csv = _submit_talk(client, PORTRAIT, media / "speech.wav").result(timeout=240)
     _check_talk_video(video, 1.0)
-    assert load_motion(motion_csv, csv_fps=FPS).num_frames == FPS
+    assert load_motion(motion_csv).num_frames == FPS
 
 
 @pytest.mark.skipif(FFPROBE is None, reason="needs ffprobe (Debian package ffmpeg)")

@@ -85,7 +85,7 @@ def test_stream_talk_yields_playable_chunks_and_the_same_frames_in_the_full_mp4(
     assert np.abs(full - streamed).mean() < 2.0, "the stream shows the frames of the full video"
     assert abs(_duration(events[-1].video, "a:0") - 1.2) < 0.05
     np.testing.assert_allclose(
-        load_motion(tmp_path / "motion.csv", csv_fps=fps).expression[:, EXPRESSION_INDEX["jawOpen"]],
+        load_motion(tmp_path / "motion.csv").expression[:, EXPRESSION_INDEX["jawOpen"]],
         motion.expression[:, EXPRESSION_INDEX["jawOpen"]],
         atol=1e-3,
     )
