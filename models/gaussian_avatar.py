@@ -386,7 +386,7 @@ def build_portrait_avatar(
         if len(ys)
         else REFERENCE_SKIN
     )
-    mouth_binding, mouth_colors = _mouth_interior(head, rest_mesh, frames, skin / REFERENCE_SKIN)
+    mouth_binding, mouth_colors = mouth_interior(head, rest_mesh, frames, skin / REFERENCE_SKIN)
 
     binding = MeshBinding.concatenate([pixel_binding, fill_binding, mouth_binding])
     colors = torch.cat([pixel_colors, fill_colors, mouth_colors]).float()
@@ -494,7 +494,7 @@ def _hidden_fill(head, rest_mesh, frames, frags, tri_region, pixel_means, pixel_
     return binding, colors.float()
 
 
-def _mouth_interior(head, rest_mesh, frames, brightness: float):
+def mouth_interior(head, rest_mesh, frames, brightness: float):
     """Gaussians on ICT's teeth, gums/tongue and mouth socket, one per triangle, coloured per part."""
     frame, size = frames
     tri = torch.cat([head.region_triangles(n) for n in ("teeth", "gums_and_tongue", "mouth_socket")])

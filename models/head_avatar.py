@@ -45,9 +45,9 @@ from models.errors import HeadsplatError
 from models.gaussian_avatar import (
     MOUTH_SOCKET_RGB,
     REFERENCE_SKIN,
-    _mouth_interior,
     crop_box_for_head,
     crop_image,
+    mouth_interior,
     portrait_camera,
     project_points,
 )
@@ -627,7 +627,7 @@ def build_head_avatar(
         base.offset = -torch.where(on_scalp, cfg.base_depth_scalp, cfg.base_depth)
         surface = MeshBinding.concatenate([detail, base, rim_binding(rest, tris, chosen)])
         rest_frames = triangle_frames(rest, tris)
-        mouth, mouth_colors = _mouth_interior(head, rest, rest_frames, 1.0)  # brightness set below
+        mouth, mouth_colors = mouth_interior(head, rest, rest_frames, 1.0)  # brightness set below
 
     # ---- photo colours of the Gaussians and of their mirror points
     tri_np = tris.numpy()

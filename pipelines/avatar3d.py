@@ -23,7 +23,6 @@ Everything is computed before the first file is written, and each file is writte
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -38,7 +37,16 @@ import torch
 from models.errors import HeadsplatError
 from models.head_avatar import HeadAvatar, HeadAvatarConfig, build_head_avatar, turntable_cameras
 from models.head_model import HeadModel
-from pipelines.talk import DEFAULT_PORTRAIT, EMOTIONS, TalkConfig, _device, fit_portrait, make_motion
+from pipelines.avatar_io import load_avatar, save_avatar
+from pipelines.talk import (
+    DEFAULT_PORTRAIT,
+    EMOTIONS,
+    TalkConfig,
+    add_motion_arguments,
+    fit_portrait,
+    make_motion,
+    resolve_device,
+)
 from renderers import Camera, Gaussians, rasterize, write_ply, write_splat
 
 #: The .ply and .splat are written in metres; the avatar works in the head model's cm.
@@ -78,7 +86,7 @@ class Avatar3DConfig:
     """Length of the turntable (one full turn), seconds; 0 skips it."""
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     """RGB in [0, 1] behind the head in the videos."""
-    steps: int = 8
+    steps: int = 3
     """Sampling steps of the motion diffusion model (0: the rule-based teacher alone)."""
     seed: int = 0
     """Seed of head motion, blinks and gaze (and of anything random in the build)."""
@@ -108,34 +116,12 @@ class Avatar3DConfig:
 # Avatar files
 def save_head_avatar(avatar: HeadAvatar, path: str | os.PathLike) -> Path:
     """Write a 3D head avatar atomically (.safetensors, metadata as JSON in the header)."""
-    from safetensors.torch import save_file
-
-    from pipelines.files import atomic_output
-
-    tensors, meta = avatar.state()
-    path = Path(path)
-    with atomic_output(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"headsplat": json.dumps(meta)})
-    return path
+    return save_avatar(avatar, path)
 
 
 def load_head_avatar(path: str | os.PathLike, head: HeadModel | None = None) -> HeadAvatar:
     """Read a 3D head avatar written by `save_head_avatar`."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
-
-    from pipelines.files import require_file
-
-    path = require_file(path, "avatar file")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = json.loads((fh.metadata() or {}).get("headsplat", "{}"))
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, json.JSONDecodeError, ValueError) as err:
-        raise HeadsplatError(f"cannot read avatar {path.name}: {err}") from err
-    return HeadAvatar.from_state(
-        tensors, meta, head or HeadModel(num_identity=int(meta.get("num_identity", 50)))
-    )
+    return load_avatar(path, head, kind=HeadAvatar)
 
 
 def to_metres(gaussians: Gaussians) -> Gaussians:
@@ -219,7 +205,7 @@ def avatar3d(cfg: Avatar3DConfig) -> dict[str, Path]:
     from pipelines.video_io import VideoWriter
 
     out = _check(cfg)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     backend = "gsplat" if device == "cuda" else "cpu"
     torch.manual_seed(cfg.seed)  # the build is deterministic; the seed drives the generated motion
     head = HeadModel()
@@ -277,13 +263,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-o", "--output", default=".", help="existing folder for the outputs (default: .)")
     parser.add_argument("--avatar", help="reuse a built avatar.safetensors instead of building from --image")
-    driver = parser.add_argument_group("driver of the talking video (optional; one of)")
-    driver.add_argument("--audio", help="speech: wav, mp3, m4a, flac, ogg or a video file")
-    driver.add_argument("--text", help="text to speak with espeak-ng or flite")
-    driver.add_argument(
-        "--motion", help="motion file (.npz, .json, Live Link Face .csv); may go with --audio"
-    )
-    driver.add_argument("--driving", help="video of a talking face whose motion drives the head")
     parser.add_argument(
         "--camera", default="front", choices=CAMERAS, help="camera of the talking video (default: front)"
     )
@@ -291,37 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-gaussians", type=int, default=100_000, help="surface Gaussians of the head (default: 100000)"
     )
     parser.add_argument("--size", type=int, default=512, help="video side in pixels (default: 512)")
-    parser.add_argument("--fps", type=float, default=25.0, help="frames per second (default: 25)")
     parser.add_argument(
         "--turntable-seconds", type=float, default=4.0, help="turntable length, 0 skips it (default: 4)"
     )
-    parser.add_argument(
-        "--steps",
-        type=int,
-        default=8,
-        help="motion diffusion steps; 0 uses the rule-based teacher (default: 8)",
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of head motion, blinks and gaze (default: 0)"
-    )
-    parser.add_argument(
-        "--emotion", default="neutral", choices=EMOTIONS, help="facial emotion (default: neutral)"
-    )
-    parser.add_argument(
-        "--expression-scale", type=float, default=1.0, help="scale of facial expression (default: 1)"
-    )
-    parser.add_argument("--pose-scale", type=float, default=1.0, help="scale of head movement (default: 1)")
-    parser.add_argument(
-        "--blink-rate", type=float, default=1.0, help="multiplier of the blink rate (default: 1)"
-    )
-    parser.add_argument("--still", action="store_true", help="keep the head still; only the face talks")
-    parser.add_argument(
-        "--face-index", type=int, default=0, help="which face to use, 0 = largest (default: 0)"
-    )
-    parser.add_argument(
-        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to render (default: auto)"
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_motion_arguments(parser, "head")
     return parser
 
 

@@ -1,4 +1,8 @@
-"""Avatar files: one .safetensors holding the tensors, with the metadata as JSON in its header."""
+"""Avatar files: one .safetensors holding an avatar's tensors, with its metadata as JSON in the header.
+
+Portrait avatars (Talk) and 3D head avatars (Avatar3D) share the format; the metadata's "kind" says
+which one a file holds.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,15 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from models.errors import HeadsplatError
 from models.gaussian_avatar import PortraitAvatar
+from models.head_avatar import HeadAvatar
 from models.head_model import HeadModel
 from pipelines.files import atomic_output, require_file
 
+AVATAR_KINDS = {"headsplat.portrait_avatar": PortraitAvatar, "headsplat.head_avatar": HeadAvatar}
 
-def save_portrait_avatar(avatar: PortraitAvatar, path: str | os.PathLike) -> Path:
-    """Write a portrait avatar atomically."""
+
+def save_avatar(avatar: PortraitAvatar | HeadAvatar, path: str | os.PathLike) -> Path:
+    """Write an avatar atomically."""
     tensors, meta = avatar.state()
     path = Path(path)
     with atomic_output(path) as tmp:
@@ -28,8 +35,8 @@ def save_portrait_avatar(avatar: PortraitAvatar, path: str | os.PathLike) -> Pat
     return path
 
 
-def load_portrait_avatar(path: str | os.PathLike, head: HeadModel | None = None) -> PortraitAvatar:
-    """Read a portrait avatar written by `save_portrait_avatar`."""
+def load_avatar(path: str | os.PathLike, head: HeadModel | None = None, kind: type | None = None):
+    """Read an avatar written by `save_avatar`; `kind` (PortraitAvatar or HeadAvatar) insists on one."""
     path = require_file(path, "avatar file")
     try:
         with safe_open(str(path), framework="pt") as fh:
@@ -37,6 +44,9 @@ def load_portrait_avatar(path: str | os.PathLike, head: HeadModel | None = None)
         tensors = load_file(str(path))
     except (SafetensorError, OSError, json.JSONDecodeError, ValueError) as err:
         raise HeadsplatError(f"cannot read avatar {path.name}: {err}") from err
-    return PortraitAvatar.from_state(
-        tensors, meta, head or HeadModel(num_identity=int(meta.get("num_identity", 50)))
-    )
+    cls = AVATAR_KINDS.get(meta.get("kind"))
+    if cls is None or (kind is not None and cls is not kind):
+        wanted = "a headsplat avatar" if kind is None else f"a {kind.__name__}"
+        raise HeadsplatError(f"{path.name} is not {wanted} file")
+    head = head or HeadModel(num_identity=int(meta.get("num_identity", 50)))
+    return cls.from_state(tensors, meta, head)

@@ -89,7 +89,7 @@ class TalkConfig:
 
 # ------------------------------------------------------------------------------------------------
 # Portrait → avatar
-def _device(name: str) -> str:
+def resolve_device(name: str) -> str:
     if name not in ("auto", "cpu", "cuda"):
         raise HeadsplatError(f"--device must be auto, cpu or cuda; got {name!r}")
     if name == "cuda" and not torch.cuda.is_available():
@@ -133,7 +133,7 @@ def _cache_path(image_bytes: bytes, cfg: TalkConfig) -> Path | None:
 
 def prepare_avatar(cfg: TalkConfig, head: HeadModel | None = None) -> tuple[np.ndarray, PortraitAvatar]:
     """The photo [H, W, 3] uint8 and its avatar, from the cache when this portrait was built before."""
-    from pipelines.avatar_io import load_portrait_avatar, save_portrait_avatar
+    from pipelines.avatar_io import load_avatar, save_avatar
     from pipelines.files import require_file
     from pipelines.image_io import load_image
 
@@ -143,7 +143,7 @@ def prepare_avatar(cfg: TalkConfig, head: HeadModel | None = None) -> tuple[np.n
     cache = _cache_path(photo.tobytes() + str(photo.shape).encode(), cfg)
     if cache is not None and cache.exists():
         try:
-            return photo, load_portrait_avatar(cache, head)
+            return photo, load_avatar(cache, head, kind=PortraitAvatar)
         except HeadsplatError:
             cache.unlink(missing_ok=True)  # a stale or broken cache entry is rebuilt
     fit = fit_portrait(photo, cfg.face_index)
@@ -153,7 +153,7 @@ def prepare_avatar(cfg: TalkConfig, head: HeadModel | None = None) -> tuple[np.n
     if cache is not None:
         with contextlib.suppress(OSError):
             cache.parent.mkdir(parents=True, exist_ok=True)
-            save_portrait_avatar(avatar, cache)
+            save_avatar(avatar, cache)
     return photo, avatar
 
 
@@ -284,7 +284,7 @@ def talk(cfg: TalkConfig, on_frame: Callable[[int, int], None] | None = None) ->
         raise HeadsplatError(f"--fps must be in (0, 120]; got {cfg.fps}")
     if not 64 <= cfg.size <= 2048:
         raise HeadsplatError(f"--size must be between 64 and 2048 pixels; got {cfg.size}")
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     backend = "gsplat" if device == "cuda" else "cpu"
     with tempfile.TemporaryDirectory(prefix="headsplat-") as tmp:
         photo, avatar = prepare_avatar(cfg)  # the portrait first: a photo without a face fails fast
@@ -315,26 +315,16 @@ def _progress(total: int, enabled: bool):
 
 # ------------------------------------------------------------------------------------------------
 # CLI
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.talk",
-        description="Turn a portrait and speech (or text, a motion file, a driving video) into a talking-head mp4.",
-    )
-    parser.add_argument(
-        "-s", "--image", default=str(DEFAULT_PORTRAIT), help="portrait photo (default: the shipped one)"
-    )
-    driver = parser.add_argument_group("driver (one of; default: the shipped speech sample)")
+def add_motion_arguments(parser: argparse.ArgumentParser, subject: str = "portrait") -> None:
+    """The flags every generator shares: drivers, motion controls, face choice, device, progress."""
+    driver = parser.add_argument_group("driver (one of)")
     driver.add_argument("--audio", help="speech to lip-sync: wav, mp3, m4a, flac, ogg or a video file")
     driver.add_argument("--text", help="text to speak with espeak-ng or flite")
     driver.add_argument(
         "--motion", help="motion file (.npz, .json, Live Link Face .csv); may be combined with --audio"
     )
-    driver.add_argument("--driving", help="video of a talking face whose motion drives the portrait")
-    parser.add_argument("-o", "--output", default="talk.mp4", help="output .mp4 (default: talk.mp4)")
+    driver.add_argument("--driving", help=f"video of a talking face whose motion drives the {subject}")
     parser.add_argument("--fps", type=float, default=25.0, help="frames per second (default: 25)")
-    parser.add_argument(
-        "--size", type=int, default=512, help="render size of the face crop in pixels (default: 512)"
-    )
     parser.add_argument(
         "--steps",
         type=int,
@@ -356,19 +346,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--still", action="store_true", help="keep the head still; only the face talks")
     parser.add_argument(
-        "--crop", action="store_true", help="write the square face crop instead of the full photo"
-    )
-    parser.add_argument(
-        "--face-index", type=int, default=0, help="which face to animate, 0 = largest (default: 0)"
+        "--face-index", type=int, default=0, help="which face to use, 0 = the largest (default: 0)"
     )
     parser.add_argument(
         "--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to render (default: auto)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.talk",
+        description="Turn a portrait and speech (or text, a motion file, a driving video) into a talking-head "
+        "mp4. Without a driver the shipped speech sample is used.",
+    )
+    parser.add_argument(
+        "-s", "--image", default=str(DEFAULT_PORTRAIT), help="portrait photo (default: the shipped one)"
+    )
+    parser.add_argument("-o", "--output", default="talk.mp4", help="output .mp4 (default: talk.mp4)")
+    add_motion_arguments(parser, "portrait")
+    parser.add_argument(
+        "--size", type=int, default=512, help="render size of the face crop in pixels (default: 512)"
+    )
+    parser.add_argument(
+        "--crop", action="store_true", help="write the square face crop instead of the full photo"
     )
     parser.add_argument("--save-motion", help="also write the driving motion (.npz, .json or .csv)")
     parser.add_argument(
         "--cache-dir", help="where built avatars are cached ('' disables; default ~/.cache/headsplat)"
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
