@@ -49,6 +49,14 @@ HELD_OUT = [
     ("espeak-ng", "en-gb-scotland+f2", "Peter brought some fresh bread and a bottle of milk."),
     ("flite", "slt", "Would you mind opening the window for a moment?"),
     ("espeak-ng", "en-gb-scotland", "The baker made a beautiful pumpkin pie for the farm."),
+    ("flite", "rms", "My mum bought a pair of blue shoes by the bus stop."),
+    ("espeak-ng", "en-gb-scotland+f2", "Pam keeps a map of Boston in her bag."),
+    ("flite", "slt", "The members of the band played music about peace and hope."),
+    ("espeak-ng", "en-gb-scotland", "Maybe we should move the piano before the meeting."),
+    ("flite", "rms", "People bring warm bread and butter to the market every morning."),
+    ("espeak-ng", "en-gb-scotland+f2", "Bring me a bowl of soup, please, my brother is hungry."),
+    ("flite", "slt", "Paul became a famous painter by the time he was thirty."),
+    ("espeak-ng", "en-gb-scotland", "Big brown bears sometimes sleep in the empty barn."),
 ]
 ALSA = Path("/usr/share/sounds/alsa")
 
