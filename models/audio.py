@@ -8,6 +8,7 @@ a transcript, forced alignment with one.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -93,6 +94,16 @@ def resample_to(audio: np.ndarray, sample_rate: int, target: int = SAMPLE_RATE) 
     return librosa.resample(audio, orig_sr=sample_rate, target_sr=target).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=4)
+def _mel_basis(config: FeatureConfig) -> np.ndarray:
+    """Mel filter bank [n_mels, n_fft // 2 + 1]; cached because streaming analyses many small blocks."""
+    import librosa
+
+    return librosa.filters.mel(
+        sr=config.sample_rate, n_fft=config.n_fft, n_mels=config.n_mels, fmin=config.fmin, fmax=config.fmax
+    )
+
+
 def analysis_frames(audio: np.ndarray, config: FeatureConfig = FeatureConfig()) -> dict[str, np.ndarray]:
     """100 Hz analysis of 16 kHz samples [N]: log-mel [F, n_mels] (dB), rms energy (dB), F0 (Hz), voicing, flatness."""
     import librosa
@@ -101,9 +112,7 @@ def analysis_frames(audio: np.ndarray, config: FeatureConfig = FeatureConfig()) 
     pad = np.pad(audio, (0, hop))  # one spare hop so the last partial frame is analysed
     # One STFT feeds the mel bands, the energy and the flatness.
     spectrum = np.abs(librosa.stft(y=pad, n_fft=config.n_fft, hop_length=hop, center=True)) ** 2
-    mel_basis = librosa.filters.mel(
-        sr=config.sample_rate, n_fft=config.n_fft, n_mels=config.n_mels, fmin=config.fmin, fmax=config.fmax
-    )
+    mel_basis = _mel_basis(config)
     # power_to_db with a fixed ref keeps levels absolute, so streaming chunks agree with offline runs.
     mel_db = librosa.power_to_db(mel_basis @ spectrum, ref=1.0, amin=1e-10, top_db=None).T.astype(np.float32)
     rms = librosa.feature.rms(S=np.sqrt(spectrum), frame_length=config.n_fft)[0]

@@ -261,9 +261,9 @@ class GenerationControls:
 
     seed: int = 0
     """Noise seed: changes head motion, blinks and gaze; lips follow the audio."""
-    steps: int = 4
+    steps: int = 3
     """Sampler steps (1-10)."""
-    guidance: float = 0.5
+    guidance: float = 1.0
     """Classifier-free guidance on audio (0 = plain conditional sampling)."""
     emotion: str = "neutral"
     """One of models.visemes.EMOTIONS."""
@@ -352,9 +352,73 @@ class WindowGenerator:
         return out
 
 
-def postprocess(values: np.ndarray, activity: np.ndarray, controls: GenerationControls, fps: float) -> Motion:
-    """Raw frames [T, 59] → Motion with the voice gate, scales and the `still` control applied."""
+class BlinkKeeper:
+    """Adds a seeded procedural blink whenever the generated eyes stay open much longer than people do.
+
+    The model blinks at a natural rate while talking but rarely in long silences (few training clips are
+    silent); a face that never blinks looks dead. Works chunk by chunk, so streaming and offline agree.
+    """
+
+    def __init__(self, seed: int, blink_rate: float, fps: float) -> None:
+        self.rng = np.random.default_rng([int(seed), 7])
+        self.fps = fps
+        self.mean_gap = 60.0 / (17.0 * max(blink_rate, 1e-3)) if blink_rate > 0 else math.inf
+        self.open_frames = 0
+        self.limit = self._draw_limit()
+        self.pending = np.zeros(0, np.float32)  # rest of a blink that crosses a chunk boundary
+
+    def _draw_limit(self) -> float:
+        # Twice the mean gap on average: only fills in when the model's own blinks are missing.
+        return self.fps * (self.mean_gap + self.rng.gamma(3.0, self.mean_gap / 3.0))
+
+    def _shape(self) -> np.ndarray:
+        t = np.arange(int(0.3 * self.fps) + 1) / self.fps
+        close = np.clip(t / 0.07, 0, 1)
+        opening = np.clip(1 - (t - 0.10) / 0.16, 0, 1)
+        return (
+            self.rng.uniform(0.85, 1.0) * np.sin(0.5 * np.pi * np.where(t < 0.10, close, opening)) ** 2
+        ).astype(np.float32)
+
+    def __call__(self, blink: np.ndarray) -> np.ndarray:  # blink: [T] eyeBlink weights
+        """The blink curve [T] with procedural blinks added where the eyes stayed open too long."""
+        out = blink.astype(np.float32).copy()
+        i = 0
+        if self.pending.size:
+            n = min(self.pending.size, out.size)
+            out[:n] = np.maximum(out[:n], self.pending[:n])
+            self.pending = self.pending[n:]
+            i = n
+        while i < out.size:
+            if out[i] > 0.5:
+                self.open_frames = 0
+            else:
+                self.open_frames += 1
+                if self.open_frames > self.limit:
+                    shape = self._shape()
+                    n = min(shape.size, out.size - i)
+                    out[i : i + n] = np.maximum(out[i : i + n], shape[:n])
+                    self.pending = shape[n:]
+                    self.open_frames = 0
+                    self.limit = self._draw_limit()
+                    i += n
+                    continue
+            i += 1
+        return out
+
+
+def postprocess(
+    values: np.ndarray,
+    activity: np.ndarray,
+    controls: GenerationControls,
+    fps: float,
+    blinks: BlinkKeeper | None = None,
+) -> Motion:
+    """Raw frames [T, 59] → Motion with the voice gate, blink keeper, scales and `still` applied."""
     values = values.copy()
+    if blinks is not None:
+        both = blinks(values[:, list(BLINK_COLUMNS)].mean(1))
+        for c in BLINK_COLUMNS:
+            values[:, c] = np.maximum(values[:, c], both)
     if controls.voice_gate and activity.size:
         gate = np.clip(activity * 1.5, 0, 1)[:, None]
         values[:, list(GATED_COLUMNS)] *= gate

@@ -34,6 +34,7 @@ from models.audio import (
 from models.errors import HeadsplatError
 from models.latent import Motion
 from models.motion_diffusion import (
+    BlinkKeeper,
     GenerationControls,
     MotionDenoiser,
     MotionModelConfig,
@@ -47,8 +48,8 @@ from pipelines.files import require_file
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "motion_diffusion.safetensors"
 #: Offline windows: 72 new frames + 8 look-ahead (+ 8 context) = 88 frames = 3.5 s at 25 fps.
 OFFLINE_CHUNK, OFFLINE_LOOKAHEAD = 72, 8
-#: Streaming windows: 5 new frames (200 ms) + 2 look-ahead (80 ms).
-STREAM_CHUNK, STREAM_LOOKAHEAD = 5, 2
+#: Streaming windows: 8 new frames (320 ms) + 2 look-ahead (80 ms).
+STREAM_CHUNK, STREAM_LOOKAHEAD = 8, 2
 #: Audio is analysed in blocks of this many seconds, so memory does not grow with the audio's length.
 FEATURE_BLOCK_S = 20.0
 
@@ -120,8 +121,8 @@ class AudioToMotion:
         fps: float = 25.0,
         transcript: str | None = None,
         seed: int = 0,
-        steps: int = 4,
-        guidance: float = 0.5,
+        steps: int = 3,
+        guidance: float = 1.0,
         emotion: str = "neutral",
         emotion_strength: float = 0.8,
         expression_scale: float = 1.0,
@@ -146,9 +147,9 @@ class AudioToMotion:
                 for frames in generate_frames(self.net, blocks, controls, OFFLINE_CHUNK, OFFLINE_LOOKAHEAD):
                     parts.append(frames)
             values = np.concatenate(parts)
-            motion = postprocess(
-                values, np.concatenate(activity)[: values.shape[0]], controls, self.model_fps
-            )
+            blinks = BlinkKeeper(seed, blink_rate, self.model_fps)
+            gate = np.concatenate(activity)[: values.shape[0]]
+            motion = postprocess(values, gate, controls, self.model_fps, blinks)
         return motion if abs(fps - motion.fps) < 1e-9 else motion.resample(fps)
 
     @staticmethod
@@ -163,8 +164,8 @@ class AudioToMotion:
         self,
         audio_blocks: Iterable[np.ndarray] | np.ndarray,  # 16 kHz mono blocks (or one array to split)
         seed: int = 0,
-        steps: int = 4,
-        guidance: float = 0.5,
+        steps: int = 3,
+        guidance: float = 1.0,
         emotion: str = "neutral",
         emotion_strength: float = 0.8,
         expression_scale: float = 1.0,
@@ -200,13 +201,14 @@ class AudioToMotion:
 
         activity: list[np.ndarray] = []
         used = 0
+        blink_keeper = BlinkKeeper(seed, blink_rate, self.model_fps)
         with torch.inference_mode():
             for frames in generate_frames(
                 self.net, self._activity_tap(blocks(), activity), controls, chunk, lookahead
             ):
                 gate = np.concatenate(activity)[used : used + frames.shape[0]]
                 used += frames.shape[0]
-                yield postprocess(frames, gate, controls, self.model_fps)
+                yield postprocess(frames, gate, controls, self.model_fps, blink_keeper)
 
 
 def teacher_from_audio(audio: np.ndarray, transcript: str | None, controls: GenerationControls,
@@ -248,10 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--fps", type=float, default=25.0, help="output frame rate")
     parser.add_argument(
-        "--steps", type=int, default=4, help="sampler steps (1-10); 0 = rule-based teacher only"
+        "--steps", type=int, default=3, help="sampler steps (1-10); 0 = rule-based teacher only"
     )
     parser.add_argument(
-        "--guidance", type=float, default=0.5, help="classifier-free guidance on audio (0 = off)"
+        "--guidance", type=float, default=1.0, help="classifier-free guidance on audio (0 = off)"
     )
     parser.add_argument("--seed", type=int, default=0, help="changes head motion and blinks, not the lips")
     parser.add_argument("--emotion", default="neutral", choices=EMOTIONS, help="facial emotion")

@@ -305,7 +305,7 @@ def generate_clip(net: MotionDenoiser, clip: Clip, controls: GenerationControls,
 
 
 def lip_sync_scores(net: MotionDenoiser, clips: Sequence[Clip], fps: float, seed: int = 0,
-                    steps: int = 4, guidance: float = 0.5) -> dict:  # fmt: skip
+                    steps: int = 3, guidance: float = 1.0) -> dict:  # fmt: skip
     """Mouth-opening correlation with the teacher (pooled over frames) and the p/b/m closure share."""
     generated, target = [], []
     closed = total = 0
