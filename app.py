@@ -25,6 +25,7 @@ import gradio as gr
 import PIL.Image
 
 from models.errors import HeadsplatError
+from models.visemes import EMOTIONS
 
 ROOT = Path(__file__).resolve().parent
 DEFAULTS = ROOT / "assets" / "defaults"
@@ -35,7 +36,6 @@ OUTPUT_MAX_AGE = 3600.0  # seconds
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 AUDIO_SUFFIXES = (".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".oga", ".opus", ".webm", ".mp4", ".mov")
 MOTION_SUFFIXES = (".csv", ".npz", ".json")
-EMOTIONS = ("neutral", "happy", "sad", "angry", "surprised")
 MAX_TEXT_CHARS = 1000
 GUIDE_MODELS = (
     "tiny-sd3",

@@ -29,12 +29,12 @@ from models.errors import HeadsplatError
 from models.gaussian_avatar import PortraitAvatar, PortraitAvatarConfig, build_portrait_avatar
 from models.head_model import HeadModel
 from models.latent import Motion
+from models.visemes import EMOTIONS
 from renderers.compositing import paste_back
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PORTRAIT = ROOT / "assets" / "defaults" / "portrait.jpg"
 DEFAULT_AUDIO = ROOT / "assets" / "defaults" / "speech.wav"
-EMOTIONS = ("neutral", "happy", "sad", "angry", "surprised")
 #: Bump when the avatar's contents change, so stale cached avatars are rebuilt.
 AVATAR_VERSION = 2
 

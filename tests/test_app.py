@@ -28,14 +28,6 @@ PORTRAIT = app.DEFAULTS / "portrait.jpg"
 FPS = 10  # small clips render fast on 2 cores
 
 
-def _has_audio_to_motion() -> bool:
-    try:
-        from models.motion_diffusion import AudioToMotion  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def media(tmp_path_factory):
     """A 1 s speech clip, a matching 1 s motion (jaw opening), and a few bad files."""
@@ -116,7 +108,6 @@ def test_talk_streams_chunks_then_gives_the_full_mp4_and_the_motion(client, medi
     np.testing.assert_allclose(jaw, expected, atol=1e-3)
 
 
-@pytest.mark.skipif(not _has_audio_to_motion(), reason="models.motion_diffusion.AudioToMotion not merged yet")
 @pytest.mark.skipif(FFPROBE is None, reason="needs ffprobe (Debian package ffmpeg)")
 def test_talk_from_speech_alone_makes_a_video_with_audio(client, media):
     _, video, motion_csv = _submit_talk(client, PORTRAIT, media / "speech.wav").result(timeout=240)

@@ -7,7 +7,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -23,17 +22,7 @@ from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 import app  # noqa: E402
-from models.latent import EXPRESSION_INDEX, Motion  # noqa: E402
 from pipelines.audio_io import load_audio, save_wav  # noqa: E402
-from pipelines.motion_io import save_motion  # noqa: E402
-
-
-def _has_audio_to_motion() -> bool:
-    try:
-        from models.motion_diffusion import AudioToMotion  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 @pytest.fixture(scope="module")
@@ -84,12 +73,6 @@ def test_browser_uploads_a_portrait_and_speech_and_the_video_plays(server, brows
     wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "input[type=file]")))
     _upload(browser, "image", app.DEFAULTS / "portrait.jpg")
     _upload(browser, "audio", speech)
-    if not _has_audio_to_motion():
-        # Until the motion model is merged, the speech plays over a motion file (same 1 s length).
-        motion = Motion.neutral(25, 25.0)
-        motion.expression[:, EXPRESSION_INDEX["jawOpen"]] = 0.5 * np.sin(np.linspace(0, np.pi, 25))
-        browser.find_element(By.XPATH, "//button[.//*[text()='Controls'] or text()='Controls']").click()
-        _upload(browser, ".npz", save_motion(motion, tmp_path / "jaw.npz"))
     # The portrait preview and the audio player show once the uploads are in.
     wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "img[src*='portrait']")))
     wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "audio")))
