@@ -43,8 +43,9 @@ from renderers.mesh_raster import rasterize_mesh
 TEETH_RGB = (0.86, 0.83, 0.76)
 GUMS_TONGUE_RGB = (0.62, 0.27, 0.28)
 MOUTH_SOCKET_RGB = (0.16, 0.05, 0.05)
-#: Skin brightness (mean of RGB) that the colours above were chosen for.
+#: Skin brightness (mean of RGB) that the colours above were chosen for, and that skin's colour.
 REFERENCE_SKIN = 0.6
+REFERENCE_SKIN_RGB = (0.72, 0.58, 0.50)
 
 
 @dataclass
@@ -381,12 +382,11 @@ def build_portrait_avatar(
     fill_binding, fill_colors = _hidden_fill(
         head, rest_mesh, frames, frags, tri_region, pixel_means, pixel_colors, hit
     )
-    skin = (
-        float(pixel_colors[torch.from_numpy(hit_label[ys, xs] == _REGION_ID["face"])].mean())
-        if len(ys)
-        else REFERENCE_SKIN
+    face_pixels = torch.from_numpy(hit_label[ys, xs] == _REGION_ID["face"])
+    skin_rgb = pixel_colors[face_pixels].mean(0) if face_pixels.any() else torch.tensor(REFERENCE_SKIN_RGB)
+    mouth_binding, mouth_colors = mouth_interior(
+        head, rest_mesh, frames, skin_rgb / torch.tensor(REFERENCE_SKIN_RGB)
     )
-    mouth_binding, mouth_colors = mouth_interior(head, rest_mesh, frames, skin / REFERENCE_SKIN)
 
     binding = MeshBinding.concatenate([pixel_binding, fill_binding, mouth_binding])
     colors = torch.cat([pixel_colors, fill_colors, mouth_colors]).float()
@@ -494,8 +494,12 @@ def _hidden_fill(head, rest_mesh, frames, frags, tri_region, pixel_means, pixel_
     return binding, colors.float()
 
 
-def mouth_interior(head, rest_mesh, frames, brightness: float):
-    """Gaussians on ICT's teeth, gums/tongue and mouth socket, one per triangle, coloured per part."""
+def mouth_interior(head, rest_mesh, frames, light: float | Tensor):
+    """Gaussians on ICT's teeth, gums/tongue and mouth socket, one per triangle, coloured per part.
+
+    `light` is the photo's light relative to neutral: a number, or per-channel [3] (its colour cast, so
+    teeth in a warm photo are warm too). Deeper parts are darker (less light reaches the back of the mouth).
+    """
     frame, size = frames
     tri = torch.cat([head.region_triangles(n) for n in ("teeth", "gums_and_tongue", "mouth_socket")])
     colours = torch.cat(
@@ -509,7 +513,12 @@ def mouth_interior(head, rest_mesh, frames, brightness: float):
         ]
     )
     # Teeth and gums are lit like the face, but less than linearly: a dim photo still has light teeth.
-    colours = (colours * float(np.clip(brightness, 0.3, 1.6)) ** 0.5).clamp(0, 1)
+    gain = torch.as_tensor(light, dtype=torch.float32).clamp(0.3, 1.6) ** 0.5
+    # Ambient occlusion by depth behind the front teeth, in the head's own frame (the face looks along +z).
+    depth_z = head.neutral[head.triangles[tri]].mean(dim=1)[:, 2]
+    front = head.neutral[head.region_vertices("teeth"), 2].max()
+    shade = (1.0 - 0.6 * (front - depth_z) / 3.0).clamp(0.25, 1.0)
+    colours = (colours * gain * shade[:, None]).clamp(0, 1)
     k = size[tri]
     binding = MeshBinding.from_world(
         rest_mesh,
