@@ -30,7 +30,7 @@ from models.gaussian_avatar import PortraitAvatar, PortraitAvatarConfig, build_p
 from models.head_model import HeadModel
 from models.latent import Motion
 from models.visemes import EMOTIONS
-from renderers.compositing import paste_back
+from renderers.compositing import paste_back, paste_weight
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PORTRAIT = ROOT / "assets" / "defaults" / "portrait.jpg"
@@ -262,12 +262,16 @@ def render_frames(
 ) -> Iterator[np.ndarray]:
     """RGB uint8 frames, one per motion frame: the full photo with the face pasted back (or the crop)."""
     feather = max(4.0, 0.02 * (avatar.crop_box[2] - avatar.crop_box[0]))
+    size = (photo.shape[1], photo.shape[0])
+    weight = (
+        None if crop else paste_weight(avatar.moving_mask, size, avatar.crop_box, feather)
+    )  # once per video
     for i in range(motion.num_frames):
         rgb = avatar.render_motion(motion, i, backend=backend)
         if crop:
             yield np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
         else:
-            yield paste_back(rgb * 255.0, avatar.moving_mask, photo, avatar.crop_box, feather_px=feather)
+            yield paste_back(rgb * 255.0, avatar.moving_mask, photo, avatar.crop_box, feather, weight=weight)
 
 
 def talk(cfg: TalkConfig, on_frame: Callable[[int, int], None] | None = None) -> Path:

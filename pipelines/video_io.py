@@ -111,7 +111,9 @@ class VideoWriter:
             self._size = (w, h)
             padded = (w + w % 2, h + h % 2)
             # No -shortest: ffmpeg would stop reading frames (a broken pipe) when the audio ends first.
-            output_params = ["-movflags", "+faststart"]
+            # veryfast: a third of "medium"'s encoder time for a slightly larger file; the encoder runs
+            # beside the renderer on the same cores.
+            output_params = ["-preset", "veryfast", "-movflags", "+faststart"]
             self._gen = imageio_ffmpeg.write_frames(
                 str(self._tmp),
                 padded,

@@ -11,7 +11,7 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
 from .camera import Camera, orbit_cameras
-from .compositing import composite_over, paste_back
+from .compositing import composite_over, paste_back, paste_weight
 from .gaussians import Gaussians
 from .ply import read_ply, write_ply, write_splat
 from .rasterize import RenderOutput, rasterize
@@ -23,6 +23,7 @@ __all__ = [
     "composite_over",
     "orbit_cameras",
     "paste_back",
+    "paste_weight",
     "rasterize",
     "read_ply",
     "write_ply",

@@ -38,27 +38,68 @@ def paste_back(
     frame: Image,  # [H, W, 3] uint8 or float
     box_or_affine: Sequence[float] | Image,  # (x0, y0, x1, y1) frame pixels, or [2, 3] crop -> frame affine
     feather_px: float = 8.0,
+    weight: np.ndarray | None = None,  # [H, W, 1] from paste_weight, to reuse across frames
 ) -> Image:  # [H, W, 3], same type, dtype and device as frame
     """Paste a crop into a frame through a soft mask whose edges fade over `feather_px` frame pixels.
 
     The box is in pixel-edge coordinates (the crop's outer edges land on x0, x1); the affine maps crop
     pixel centres to frame pixel centres (OpenCV's warpAffine convention). The mask is warped, eroded by
     feather_px / 2 and blurred (sigma feather_px / 6): the weight rises from ~0 at the mask's edge to ~1
-    at feather_px inside it, so no crop pixel from outside the mask shows. Colours blend linearly.
+    at feather_px inside it, so no crop pixel from outside the mask shows. Colours blend linearly. A video
+    whose mask and box stay put passes `weight=paste_weight(...)` once instead of recomputing it per frame.
     """
     crop = _to_numpy(crop_rgb).astype(np.float32)
-    mask = _to_numpy(crop_mask).astype(np.float32)
     out = _to_numpy(frame)
-    if crop.ndim != 3 or crop.shape[2] != 3 or mask.shape != crop.shape[:2]:
-        raise ValueError(
-            f"paste_back needs crop_rgb [h, w, 3] and crop_mask [h, w]; got {crop.shape}, {mask.shape}"
-        )
+    if crop.ndim != 3 or crop.shape[2] != 3:
+        raise ValueError(f"paste_back needs crop_rgb [h, w, 3]; got {crop.shape}")
     if out.ndim != 3 or out.shape[2] != 3:
         raise ValueError(f"paste_back needs frame [H, W, 3], got {out.shape}")
+    big_h, big_w = out.shape[:2]
+    if weight is None:
+        mask = _to_numpy(crop_mask).astype(np.float32)
+        if mask.shape != crop.shape[:2]:
+            raise ValueError(
+                f"paste_back needs crop_mask [h, w] like the crop; got {mask.shape}, {crop.shape}"
+            )
+        weight = paste_weight(mask, (big_w, big_h), box_or_affine, feather_px)
+    elif weight.shape != (big_h, big_w, 1):
+        raise ValueError(f"weight must be [H, W, 1] = {(big_h, big_w, 1)}, got {weight.shape}")
+    m = _crop_to_frame(box_or_affine, crop.shape[1], crop.shape[0])
+    warped = cv2.warpAffine(crop, m, (big_w, big_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    if out.dtype == np.uint8:
+        blended = out.astype(np.float32) * (1 - weight) + warped * weight
+        result = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    else:
+        result = (out * (1 - weight) + warped * weight).astype(out.dtype)
+    return torch.from_numpy(result).to(frame.device) if isinstance(frame, Tensor) else result
+
+
+def paste_weight(
+    crop_mask: Image,  # [h, w] in [0, 1]
+    frame_size: tuple[int, int],  # (W, H)
+    box_or_affine: Sequence[float] | Image,
+    feather_px: float = 8.0,
+) -> np.ndarray:  # [H, W, 1] float32
+    """The feathered blend weight `paste_back` uses, in frame pixels (see paste_back)."""
+    mask = _to_numpy(crop_mask).astype(np.float32)
+    if mask.ndim != 2:
+        raise ValueError(f"crop_mask must be [h, w], got {mask.shape}")
     if feather_px < 0:
         raise ValueError(f"feather_px must be >= 0, got {feather_px}")
-    h, w = mask.shape
-    big_h, big_w = out.shape[:2]
+    m = _crop_to_frame(box_or_affine, mask.shape[1], mask.shape[0])
+    big_w, big_h = frame_size
+    weight = cv2.warpAffine(np.clip(mask, 0, 1), m, (big_w, big_h), flags=cv2.INTER_LINEAR, borderValue=0)
+    if feather_px > 0:
+        radius = int(round(feather_px / 2))
+        if radius > 0:
+            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+            weight = cv2.erode(weight, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+        weight = cv2.GaussianBlur(weight, (0, 0), sigmaX=feather_px / 6, borderType=cv2.BORDER_CONSTANT)
+    return weight[..., None]
+
+
+def _crop_to_frame(box_or_affine: Sequence[float] | Image, w: int, h: int) -> np.ndarray:
+    """The [2, 3] affine from crop pixel centres to frame pixel centres."""
     m = np.asarray(
         _to_numpy(box_or_affine) if isinstance(box_or_affine, Tensor) else box_or_affine, np.float64
     )
@@ -72,21 +113,7 @@ def paste_back(
         raise ValueError(f"box_or_affine must be (x0, y0, x1, y1) or a [2, 3] affine, got shape {m.shape}")
     if not np.isfinite(m).all():
         raise ValueError("box_or_affine has NaN/inf values")
-    warped = cv2.warpAffine(crop, m, (big_w, big_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    weight = cv2.warpAffine(np.clip(mask, 0, 1), m, (big_w, big_h), flags=cv2.INTER_LINEAR, borderValue=0)
-    if feather_px > 0:
-        radius = int(round(feather_px / 2))
-        if radius > 0:
-            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-            weight = cv2.erode(weight, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
-        weight = cv2.GaussianBlur(weight, (0, 0), sigmaX=feather_px / 6, borderType=cv2.BORDER_CONSTANT)
-    weight = weight[..., None]
-    if out.dtype == np.uint8:
-        blended = out.astype(np.float32) * (1 - weight) + warped * weight
-        result = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-    else:
-        result = (out * (1 - weight) + warped * weight).astype(out.dtype)
-    return torch.from_numpy(result).to(frame.device) if isinstance(frame, Tensor) else result
+    return m
 
 
 def _to_numpy(x: Image | Sequence[float]) -> np.ndarray:

@@ -73,3 +73,18 @@ def test_paste_back_float_frames_and_bad_arguments():
         paste_back(np.ones((4, 4, 3)), np.ones((4, 4)), frame, np.eye(3))
     with pytest.raises(ValueError, match="feather"):
         paste_back(np.ones((4, 4, 3)), np.ones((4, 4)), frame, (2, 2, 6, 6), feather_px=-1)
+
+
+def test_paste_back_with_a_precomputed_weight_equals_the_full_call():
+    from renderers import paste_weight
+
+    rng = np.random.default_rng(5)
+    crop = rng.uniform(0, 255, (40, 40, 3)).astype(np.float32)
+    mask = np.zeros((40, 40), np.float32)
+    mask[8:32, 10:30] = 1
+    frame = rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)
+    box = (20.0, 15.0, 80.0, 75.0)
+    weight = paste_weight(mask, (120, 90), box, feather_px=6)
+    assert np.array_equal(
+        paste_back(crop, mask, frame, box, 6), paste_back(crop, mask, frame, box, 6, weight=weight)
+    )
