@@ -139,21 +139,40 @@ class MeshBinding:
 def _pose_kernel(
     vertices, triangles, tri, bary, offset, rot, scale, means, quats, scales
 ):  # pragma: no cover
-    for i in numba.prange(tri.shape[0]):
-        t = tri[i]
+    # Pass 1, per triangle: its frame as a quaternion, its unit normal and its size. Pass 2, per
+    # Gaussian: gather those and compose (many Gaussians share a triangle).
+    n_tri = triangles.shape[0]
+    frame_q = np.empty((n_tri, 4), np.float32)
+    normal = np.empty((n_tri, 3), np.float32)
+    size = np.zeros(n_tri, np.float32)
+    used = np.zeros(n_tri, np.bool_)
+    for i in range(tri.shape[0]):
+        used[tri[i]] = True
+    for t in numba.prange(n_tri):
+        if not used[t]:
+            continue
         a, b, c = triangles[t, 0], triangles[t, 1], triangles[t, 2]
-        e1 = vertices[b] - vertices[a]
-        e2 = vertices[c] - vertices[a]
-        nx = e1[1] * e2[2] - e1[2] * e2[1]
-        ny = e1[2] * e2[0] - e1[0] * e2[2]
-        nz = e1[0] * e2[1] - e1[1] * e2[0]
+        e1x, e1y, e1z = (
+            vertices[b, 0] - vertices[a, 0],
+            vertices[b, 1] - vertices[a, 1],
+            vertices[b, 2] - vertices[a, 2],
+        )
+        e2x, e2y, e2z = (
+            vertices[c, 0] - vertices[a, 0],
+            vertices[c, 1] - vertices[a, 1],
+            vertices[c, 2] - vertices[a, 2],
+        )
+        nx = e1y * e2z - e1z * e2y
+        ny = e1z * e2x - e1x * e2z
+        nz = e1x * e2y - e1y * e2x
         double_area = max(np.sqrt(nx * nx + ny * ny + nz * nz), 1e-12)
-        k = np.sqrt(double_area)
+        size[t] = np.sqrt(double_area)
         nx, ny, nz = nx / double_area, ny / double_area, nz / double_area
-        el = max(np.sqrt(e1[0] * e1[0] + e1[1] * e1[1] + e1[2] * e1[2]), 1e-12)
-        tx, ty, tz = e1[0] / el, e1[1] / el, e1[2] / el
+        normal[t, 0], normal[t, 1], normal[t, 2] = nx, ny, nz
+        el = max(np.sqrt(e1x * e1x + e1y * e1y + e1z * e1z), 1e-12)
+        tx, ty, tz = e1x / el, e1y / el, e1z / el
         bx, by, bz = ny * tz - nz * ty, nz * tx - nx * tz, nx * ty - ny * tx
-        # Frame columns (t, b, n): m[r][c]
+        # Frame columns (t, b, n) as a quaternion (Shepperd: the largest of the four candidates).
         m00, m01, m02 = tx, bx, nx
         m10, m11, m12 = ty, by, ny
         m20, m21, m22 = tz, bz, nz
@@ -170,6 +189,11 @@ def _pose_kernel(
         else:
             s = np.sqrt(1.0 + m22 - m00 - m11) * 2.0
             qw, qx, qy, qz = (m10 - m01) / s, (m02 + m20) / s, (m12 + m21) / s, 0.25 * s
+        frame_q[t, 0], frame_q[t, 1], frame_q[t, 2], frame_q[t, 3] = qw, qx, qy, qz
+    for i in numba.prange(tri.shape[0]):
+        t = tri[i]
+        a, b, c = triangles[t, 0], triangles[t, 1], triangles[t, 2]
+        qw, qx, qy, qz = frame_q[t, 0], frame_q[t, 1], frame_q[t, 2], frame_q[t, 3]
         rw, rx, ry, rz = rot[i, 0], rot[i, 1], rot[i, 2], rot[i, 3]
         ow = qw * rw - qx * rx - qy * ry - qz * rz
         ox = qw * rx + qx * rw + qy * rz - qz * ry
@@ -178,8 +202,9 @@ def _pose_kernel(
         if ow < 0:  # one sign convention, so outputs compare with the torch twin
             ow, ox, oy, oz = -ow, -ox, -oy, -oz
         quats[i, 0], quats[i, 1], quats[i, 2], quats[i, 3] = ow, ox, oy, oz
+        k = size[t]
         off = offset[i] * k
+        w0, w1, w2 = bary[i, 0], bary[i, 1], bary[i, 2]
         for d in range(3):
-            surface = bary[i, 0] * vertices[a, d] + bary[i, 1] * vertices[b, d] + bary[i, 2] * vertices[c, d]
-            means[i, d] = surface + (nx, ny, nz)[d] * off
+            means[i, d] = w0 * vertices[a, d] + w1 * vertices[b, d] + w2 * vertices[c, d] + normal[t, d] * off
             scales[i, d] = scale[i, d] * k
