@@ -38,9 +38,9 @@ from renderers import Camera, Gaussians, rasterize
 from renderers.compositing import composite_over
 from renderers.mesh_raster import rasterize_mesh
 
-#: Colours of the mouth interior under neutral light (linear-ish sRGB in [0, 1]); scaled by the
-#: photo's skin brightness so a dim portrait gets dim teeth.
-TEETH_RGB = (0.86, 0.83, 0.76)
+#: Colours of the mouth interior under neutral light (sRGB in [0, 1]); scaled per channel by the photo's
+#: skin colour relative to REFERENCE_SKIN_RGB, so a dim or warm portrait gets dim or warm teeth.
+TEETH_RGB = (0.74, 0.66, 0.52)
 GUMS_TONGUE_RGB = (0.62, 0.27, 0.28)
 MOUTH_SOCKET_RGB = (0.16, 0.05, 0.05)
 #: Skin brightness (mean of RGB) that the colours above were chosen for, and that skin's colour.
@@ -512,8 +512,9 @@ def mouth_interior(head, rest_mesh, frames, light: float | Tensor):
             )
         ]
     )
-    # Teeth and gums are lit like the face, but less than linearly: a dim photo still has light teeth.
-    gain = torch.as_tensor(light, dtype=torch.float32).clamp(0.3, 1.6) ** 0.5
+    # Teeth and gums take the face's light and colour cast (ivory teeth look blue-grey next to warm skin
+    # otherwise).
+    gain = torch.as_tensor(light, dtype=torch.float32).clamp(0.3, 1.6)
     # Ambient occlusion by depth behind the front teeth, in the head's own frame (the face looks along +z).
     depth_z = head.neutral[head.triangles[tri]].mean(dim=1)[:, 2]
     front = head.neutral[head.region_vertices("teeth"), 2].max()

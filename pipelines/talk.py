@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PORTRAIT = ROOT / "assets" / "defaults" / "portrait.jpg"
 DEFAULT_AUDIO = ROOT / "assets" / "defaults" / "speech.wav"
 #: Bump when the avatar's contents change, so stale cached avatars are rebuilt.
-AVATAR_VERSION = 2
+AVATAR_VERSION = 3
 
 
 @dataclass
