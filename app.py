@@ -140,6 +140,21 @@ def talk_device() -> str:
     return "cpu"
 
 
+def check_inputs(portrait: str | None, audio: str | None, text: str | None, motion_file: str | None) -> str:
+    """The checks Talk and Avatar3D share (a portrait, file types, one driver, text length); the clean text."""
+    if not portrait:
+        raise gr.Error("upload a portrait photo (or take one with the webcam)", title="No portrait")
+    require_suffix(portrait, IMAGE_SUFFIXES, "portrait")
+    require_suffix(audio, AUDIO_SUFFIXES, "audio")
+    require_suffix(motion_file, MOTION_SUFFIXES, "motion file")
+    text = (text or "").strip()
+    if audio and text:
+        raise gr.Error("give either audio or text, not both: clear one of them", title="Two drivers")
+    if len(text) > MAX_TEXT_CHARS:
+        raise gr.Error(f"the text has {len(text)} characters; the most is {MAX_TEXT_CHARS}", title="Too long")
+    return text
+
+
 def run_talk(
     portrait: str | None,
     audio: str | None,
@@ -161,18 +176,9 @@ def run_talk(
     from pipelines.streaming import StreamConfig, stream_talk
     from pipelines.talk import TalkConfig
 
-    if not portrait:
-        raise gr.Error("upload a portrait photo (or take one with the webcam)", title="No portrait")
-    require_suffix(portrait, IMAGE_SUFFIXES, "portrait")
-    require_suffix(audio, AUDIO_SUFFIXES, "audio")
-    require_suffix(motion_file, MOTION_SUFFIXES, "motion file")
-    text = (text or "").strip()
-    if audio and text:
-        raise gr.Error("give either audio or text, not both: clear one of them", title="Two drivers")
+    text = check_inputs(portrait, audio, text, motion_file)
     if not (audio or text or motion_file):
         raise gr.Error("upload or record some speech, or type a text to say", title="Nothing to say")
-    if len(text) > MAX_TEXT_CHARS:
-        raise gr.Error(f"the text has {len(text)} characters; the most is {MAX_TEXT_CHARS}", title="Too long")
     workdir = new_workdir()
     cfg = TalkConfig(
         image=portrait,
@@ -234,16 +240,7 @@ def run_avatar3d(
     from pipelines.avatar3d import Avatar3DConfig, avatar3d
     from pipelines.streaming import check_audio_length
 
-    if not portrait:
-        raise gr.Error("upload a portrait photo (or take one with the webcam)", title="No portrait")
-    require_suffix(portrait, IMAGE_SUFFIXES, "portrait")
-    require_suffix(audio, AUDIO_SUFFIXES, "audio")
-    require_suffix(motion_file, MOTION_SUFFIXES, "motion file")
-    text = (text or "").strip()
-    if audio and text:
-        raise gr.Error("give either audio or text, not both: clear one of them", title="Two drivers")
-    if len(text) > MAX_TEXT_CHARS:
-        raise gr.Error(f"the text has {len(text)} characters; the most is {MAX_TEXT_CHARS}", title="Too long")
+    text = check_inputs(portrait, audio, text, motion_file)
     workdir = new_workdir()
     cfg = Avatar3DConfig(
         image=portrait,

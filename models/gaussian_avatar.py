@@ -306,6 +306,17 @@ def _camera_rotation_quat(camera: Camera) -> Tensor:
     return matrix_to_quaternion(camera.world_to_camera[:3, :3].T)
 
 
+def check_portrait(image: np.ndarray, identity: Identity) -> None:
+    """A HeadsplatError unless `image` is RGB uint8 [H, W, 3] and the size `identity` was fitted on."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise HeadsplatError("the portrait must be an RGB uint8 image")
+    if tuple(identity.image_size) != (image.shape[1], image.shape[0]):
+        raise HeadsplatError(
+            f"the identity was fitted on a {identity.image_size[0]}x{identity.image_size[1]} image, "
+            f"not this {image.shape[1]}x{image.shape[0]} one"
+        )
+
+
 def build_portrait_avatar(
     image: np.ndarray,  # [H, W, 3] uint8 RGB photo
     identity: Identity,  # fitted: coefficients, rest pose, focal_px, image_size
@@ -315,13 +326,7 @@ def build_portrait_avatar(
 ) -> PortraitAvatar:
     """Build the portrait avatar of a fitted photo (see the module docstring for what goes in)."""
     cfg = config or PortraitAvatarConfig()
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise HeadsplatError("the portrait must be an RGB uint8 image")
-    if tuple(identity.image_size) != (image.shape[1], image.shape[0]):
-        raise HeadsplatError(
-            f"the identity was fitted on a {identity.image_size[0]}x{identity.image_size[1]} image, "
-            f"not this {image.shape[1]}x{image.shape[0]} one"
-        )
+    check_portrait(image, identity)
     size = cfg.crop_size
     ident = torch.from_numpy(identity.coefficients)[None]
     rest_expr = torch.from_numpy(np.asarray(rest_expression, np.float32).reshape(1, NUM_EXPRESSIONS))

@@ -45,6 +45,7 @@ from models.errors import HeadsplatError
 from models.gaussian_avatar import (
     MOUTH_SOCKET_RGB,
     REFERENCE_SKIN,
+    check_portrait,
     crop_box_for_head,
     crop_image,
     mouth_interior,
@@ -564,13 +565,7 @@ def build_head_avatar(
 ) -> HeadAvatar:
     """Build the 3D head of a fitted portrait (see the module docstring for how)."""
     cfg = config or HeadAvatarConfig()
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise HeadsplatError("the portrait must be an RGB uint8 image")
-    if tuple(identity.image_size) != (image.shape[1], image.shape[0]):
-        raise HeadsplatError(
-            f"the identity was fitted on a {identity.image_size[0]}x{identity.image_size[1]} image, "
-            f"not this {image.shape[1]}x{image.shape[0]} one"
-        )
+    check_portrait(image, identity)
     if cfg.num_gaussians < 1000:
         raise HeadsplatError(f"num_gaussians must be at least 1000; got {cfg.num_gaussians}")
     ident = torch.from_numpy(np.asarray(identity.coefficients, np.float32))[None]

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from models.errors import HeadsplatError
-from pipelines.talk import TalkConfig, make_motion, prepare_avatar, render_frames
+from pipelines.talk import TalkConfig, check_config, make_motion, prepare_avatar, render_frames
 
 AUDIO_RATE = 16_000  # Hz: the rate `pipelines.audio_io.load_audio` delivers
 
@@ -79,16 +79,6 @@ def audio_slice(samples: np.ndarray, start_frame: int, stop_frame: int, fps: flo
     return piece
 
 
-def _check(cfg: TalkConfig) -> None:
-    out = Path(cfg.output)
-    if out.suffix.lower() != ".mp4":
-        raise HeadsplatError(f"the output must be an .mp4 file; got {out.name!r}")
-    if not (0 < cfg.fps <= 120):
-        raise HeadsplatError(f"fps must be in (0, 120]; got {cfg.fps}")
-    if not 64 <= cfg.size <= 2048:
-        raise HeadsplatError(f"size must be between 64 and 2048 pixels; got {cfg.size}")
-
-
 def check_audio_length(audio: str | os.PathLike | None, max_seconds: float | None) -> None:
     """Refuse audio longer than `max_seconds` (read no further than the limit) before work is spent on it."""
     from pipelines.audio_io import load_audio
@@ -124,7 +114,7 @@ def stream_talk(
     workdir = Path(workdir)
     if not workdir.is_dir():
         raise HeadsplatError(f"work folder does not exist: {workdir.name}")
-    _check(cfg)
+    check_config(cfg)
     check_audio_length(cfg.audio, config.max_seconds)
     photo, avatar = prepare_avatar(cfg)  # the portrait first: a photo without a face fails fast
     if device == "cuda":

@@ -274,20 +274,26 @@ def render_frames(
             yield paste_back(rgb * 255.0, avatar.moving_mask, photo, avatar.crop_box, feather, weight=weight)
 
 
-def talk(cfg: TalkConfig, on_frame: Callable[[int, int], None] | None = None) -> Path:
-    """Run Talk end to end and return the written mp4's path."""
-    from pipelines.motion_io import save_motion
-    from pipelines.video_io import VideoWriter
-
+def check_config(cfg: TalkConfig) -> Path:
+    """The output path, after the checks every Talk run makes before any work (suffix, folder, fps, size)."""
     out = Path(cfg.output)
     if out.suffix.lower() != ".mp4":
         raise HeadsplatError(f"the output must be an .mp4 file; got {out.name!r}")
     if not out.parent.is_dir() and str(out.parent) not in ("", "."):
         raise HeadsplatError(f"output folder does not exist: {out.parent}")
     if not (cfg.fps > 0 and cfg.fps <= 120):
-        raise HeadsplatError(f"--fps must be in (0, 120]; got {cfg.fps}")
+        raise HeadsplatError(f"fps must be in (0, 120]; got {cfg.fps}")
     if not 64 <= cfg.size <= 2048:
-        raise HeadsplatError(f"--size must be between 64 and 2048 pixels; got {cfg.size}")
+        raise HeadsplatError(f"size must be between 64 and 2048 pixels; got {cfg.size}")
+    return out
+
+
+def talk(cfg: TalkConfig, on_frame: Callable[[int, int], None] | None = None) -> Path:
+    """Run Talk end to end and return the written mp4's path."""
+    from pipelines.motion_io import save_motion
+    from pipelines.video_io import VideoWriter
+
+    out = check_config(cfg)
     device = resolve_device(cfg.device)
     backend = "gsplat" if device == "cuda" else "cpu"
     with tempfile.TemporaryDirectory(prefix="headsplat-") as tmp:
