@@ -6,7 +6,8 @@ Definitions
 - mouth opening: `models.visemes.mouth_opening` (jawOpen minus mouthClose, plus a quarter of the mean lip
   raise/lower, minus a fifth of mouthPress); ~0 with lips together, ~0.5 on open vowels.
 - correlation: Pearson's r between generated and teacher mouth opening over all frames of a set.
-  The teacher's phones come from forced alignment of the known text (pocketsphinx).
+  The teacher's phones: held-out voices, the exact timings the synthesiser reports (`pipelines.tts`);
+  real speech, forced alignment of the known text (pocketsphinx).
 - p/b/m closed: share of p/b/m phones during which (±1 frame) the opening falls below 0.08.
 - held-out voices: flite slt/rms and espeak-ng en-gb-scotland (never used in training).
 - real speech: the alsa-utils recordings in /usr/share/sounds/alsa ("front center", ...).
@@ -28,7 +29,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,6 +39,8 @@ from models.audio import align_phones, speech_features
 from models.visemes import bilabial_closure, mouth_opening, teacher_motion
 from pipelines.audio_io import load_audio
 from pipelines.audio_to_motion import STREAM_LOOKAHEAD, AudioToMotion
+from pipelines.synth_corpus import shift_phones
+from pipelines.tts import espeak_speak, flite_speak
 
 HELD_OUT = [
     ("flite", "slt", "Maybe my brother bought a map of the moon before lunch."),
@@ -61,22 +63,20 @@ HELD_OUT = [
 ALSA = Path("/usr/share/sounds/alsa")
 
 
-def _speak(engine: str, voice: str, text: str, path: Path) -> None:
+def _speak(engine: str, voice: str, text: str) -> tuple[np.ndarray, list]:
+    """(16 kHz audio, exact phones) from the synthesiser itself (`pipelines.tts`), at its default speed."""
     if engine == "flite":
-        subprocess.run(
-            ["flite", "-voice", voice, "-t", text, "-o", str(path)], check=True, capture_output=True
-        )
-    else:
-        subprocess.run(
-            ["espeak-ng", "-v", voice, "-s", "165", "-w", str(path), text], check=True, capture_output=True
-        )
+        return flite_speak(text, voice)
+    return espeak_speak(text, voice, rate=165, pitch=50)
 
 
-def _score(model: AudioToMotion, items: list[tuple[np.ndarray, str]]) -> dict:
+def _score(model: AudioToMotion, items: list[tuple[np.ndarray, str, list | None]]) -> dict:
+    """Scores of `model` on (audio, text, phones) items; phones None: forced-align `text` (pocketsphinx)."""
     gen, ref = [], []
     closed = total = 0
-    for audio, text in items:
-        phones = align_phones(audio, text)
+    for audio, text, phones in items:
+        if phones is None:
+            phones = align_phones(audio, text)
         feats = speech_features(audio)
         teacher = teacher_motion(phones, feats.num_frames, 25.0, feats.energy_db, feats.f0_hz)
         motion = model.generate(audio, 16000, seed=0)
@@ -97,10 +97,7 @@ def _memory_run(weights: str | None, seconds: float, threads: int) -> None:
     """Child process: print the peak RSS growth (MB) of generating `seconds` of speech."""
     torch.set_num_threads(threads)
     model = AudioToMotion.from_pretrained(weights)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "s.wav"
-        _speak("flite", "slt", HELD_OUT[0][2] + " " + HELD_OUT[1][2], path)
-        speech = load_audio(path)
+    speech = np.concatenate([_speak("flite", "slt", HELD_OUT[i][2])[0] for i in (0, 1)])
     audio = np.resize(speech, int(seconds * 16000)).astype(np.float32)
     model.generate(audio[: 16000 * 5], 16000)  # warm up allocators and lazy imports before the baseline
     with open("/proc/self/status") as fh:
@@ -135,27 +132,26 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = AudioToMotion.from_pretrained(args.weights)
     result: dict = {"benchmark": "lipsync", "threads": args.threads}
-    with tempfile.TemporaryDirectory() as tmp:
-        held = []
-        for i, (engine, voice, text) in enumerate(HELD_OUT):
-            if shutil.which(engine) is None:
-                continue
-            path = Path(tmp) / f"h{i}.wav"
-            _speak(engine, voice, text, path)
-            audio = load_audio(path)
-            pad = np.zeros(4000, np.float32)
-            held.append((np.concatenate([pad, audio, pad]), text))
+    held = []
+    pad = np.zeros(4000, np.float32)
+    for engine, voice, text in HELD_OUT:
+        if shutil.which(engine) is None:
+            continue
+        speech, phones = _speak(engine, voice, text)
+        held.append(
+            (np.concatenate([pad, speech, pad]), text, shift_phones(phones, 0.25, speech.size / 16000 + 0.5))
+        )
     result["held_out_voices"] = _score(model, held)
     real = []
     for wav in sorted(ALSA.glob("*.wav")):
         if wav.stem == "Noise":
             continue
-        real.append((load_audio(wav), wav.stem.replace("_", " ").lower()))
+        real.append((load_audio(wav), wav.stem.replace("_", " ").lower(), None))
     if real:
         result["real_speech"] = _score(model, real)
 
     # Two seeds: head and blinks should differ, lips should not.
-    audio = np.concatenate([a for a, _ in held])
+    audio = np.concatenate([a for a, _, _ in held])
     a, b = model.generate(audio, 16000, seed=1), model.generate(audio, 16000, seed=2)
     blink = (a["eyeBlink_L"] > 0.5).astype(int), (b["eyeBlink_L"] > 0.5).astype(int)
     result["two_seeds"] = {

@@ -1,8 +1,9 @@
 """Build a synthetic (speech, motion) corpus: many TTS voices read varied sentences; the teacher labels them.
 
 Each utterance is synthesised by espeak-ng or flite (festival too when installed) with a random rate and
-pitch, resampled to 16 kHz, sometimes mixed with background noise, forced-aligned with pocketsphinx
-against its own text, and turned into a `Motion` by the coarticulation teacher with a random seed,
+pitch, resampled to 16 kHz, sometimes mixed with background noise, labelled with the phone timings the
+synthesiser itself reports (`pipelines.tts`; festival, which reports none, is forced-aligned with
+pocketsphinx), and turned into a `Motion` by the coarticulation teacher with a random seed,
 emotion and blink rate. Some voices are held out for evaluation. A few clips are non-speech noise or
 silence labelled with idle motion, so that the model learns not to move its lips for noise.
 
@@ -22,12 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from models.audio import SAMPLE_RATE, align_phones, speech_features
+from models.audio import SAMPLE_RATE, Phone, align_phones, speech_features
 from models.errors import HeadsplatError
 from models.visemes import EMOTIONS, teacher_motion
 from pipelines.audio_io import load_audio, save_wav
 from pipelines.files import atomic_output
 from pipelines.motion_io import save_motion
+from pipelines.tts import espeak_speak, flite_speak, flite_voices
 
 # --------------------------------------------------------------------------------------------------
 # Sentences: a small grammar over common words (all in CMUdict), heavy on lip-visible sounds.
@@ -142,36 +144,54 @@ def available_voices() -> list[Voice]:
                 elif v in variants:
                     voices.append(Voice("espeak-ng", f"{base}+{v}"))
     if shutil.which("flite"):
-        listed = subprocess.run(["flite", "-lv"], capture_output=True, text=True).stdout
-        voices += [Voice("flite", v) for v in _FLITE_VOICES if v in listed.split()]
+        voices += [Voice("flite", v) for v in _FLITE_VOICES if v in flite_voices()]
     if shutil.which("text2wave"):
         voices.append(Voice("festival", "default"))
     return voices
 
 
-def synthesize(voice: Voice, text: str, rng: np.random.Generator, wav_path: Path) -> dict:
-    """Speak `text` with `voice` at a random rate and pitch into `wav_path`; returns the settings used."""
+def synthesize(
+    voice: Voice, text: str, rng: np.random.Generator, work: Path
+) -> tuple[np.ndarray, list[Phone], dict]:
+    """(16 kHz audio, timed phones, settings) of `text` spoken by `voice` at a random rate and pitch.
+
+    espeak-ng and flite report their own phone timings (exact labels, `pipelines.tts`); festival's audio is
+    forced-aligned with pocketsphinx instead.
+    """
     if voice.engine == "espeak-ng":
         rate, pitch = int(rng.integers(120, 230)), int(rng.integers(15, 85))
-        cmd = ["espeak-ng", "-v", voice.name, "-s", str(rate), "-p", str(pitch), "-w", str(wav_path), text]
-        settings = {"rate_wpm": rate, "pitch": pitch}
-    elif voice.engine == "flite":
+        audio, phones = espeak_speak(text, voice.name, rate=rate, pitch=pitch)
+        return audio, phones, {"rate_wpm": rate, "pitch": pitch, "phones_from": "espeak-ng"}
+    if voice.engine == "flite":
         stretch, f0 = float(rng.uniform(0.75, 1.35)), float(rng.uniform(0.8, 1.25))
         mean = 105.0 if voice.name in ("kal", "kal16", "awb", "rms") else 170.0
-        cmd = ["flite", "-voice", voice.name, "--setf", f"duration_stretch={stretch:.2f}"]
-        cmd += ["--setf", f"int_f0_target_mean={mean * f0:.0f}", "-t", text, "-o", str(wav_path)]
-        settings = {"duration_stretch": stretch, "f0_mean_hz": mean * f0}
-    elif voice.engine == "festival":
+        audio, phones = flite_speak(text, voice.name, stretch=stretch, f0_mean=mean * f0)
+        return audio, phones, {"duration_stretch": stretch, "f0_mean_hz": mean * f0, "phones_from": "flite"}
+    if voice.engine == "festival":
+        wav_path = work / "tts.wav"
         txt = wav_path.with_suffix(".txt")
         txt.write_text(text)
-        cmd = ["text2wave", str(txt), "-o", str(wav_path)]
-        settings = {}
-    else:
-        raise HeadsplatError(f"unknown speech engine {voice.engine!r}")
-    proc = subprocess.run(cmd, capture_output=True, check=False)
-    if proc.returncode != 0 or not wav_path.exists():
-        raise HeadsplatError(f"{voice.id} failed: {proc.stderr.decode(errors='replace').strip()[:200]}")
-    return settings
+        proc = subprocess.run(["text2wave", str(txt), "-o", str(wav_path)], capture_output=True, check=False)
+        if proc.returncode != 0 or not wav_path.exists():
+            raise HeadsplatError(f"{voice.id} failed: {proc.stderr.decode(errors='replace').strip()[:200]}")
+        audio = load_audio(wav_path)
+        return audio, align_phones(audio, text), {"phones_from": "pocketsphinx"}
+    raise HeadsplatError(f"unknown speech engine {voice.engine!r}")
+
+
+def shift_phones(phones: list[Phone], lead: float, total: float) -> list[Phone]:
+    """`phones` moved `lead` seconds later, with silence before them and after them up to `total` seconds."""
+    out = [Phone("SIL", 0.0, lead)] if lead > 0 else []
+    out += [Phone(p.label, p.start + lead, p.end + lead) for p in phones]
+    if out and out[-1].end < total:
+        out.append(Phone("SIL", out[-1].end, total))
+    merged: list[Phone] = []
+    for p in out:  # neighbouring silences become one
+        if merged and p.label == "SIL" and merged[-1].label == "SIL":
+            merged[-1] = Phone("SIL", merged[-1].start, p.end)
+        elif p.end > p.start:
+            merged.append(p)
+    return merged
 
 
 def _noise(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -226,14 +246,12 @@ def make_clip(voice: Voice | None, rng: np.random.Generator, config: CorpusConfi
         phones, text, settings = [], "", {}
     else:
         text = random_sentence(rng)
-        wav = work / "tts.wav"
-        settings = synthesize(voice, text, rng, wav)
-        audio = load_audio(wav)
-        lead, tail = rng.uniform(0.05, 0.7, size=2)
-        audio = np.concatenate([np.zeros(int(lead * SAMPLE_RATE)), audio, np.zeros(int(tail * SAMPLE_RATE))])
+        speech, phones, settings = synthesize(voice, text, rng, work)
+        lead_n, tail_n = (rng.uniform(0.05, 0.7, size=2) * SAMPLE_RATE).astype(int)
+        audio = np.concatenate([np.zeros(lead_n), speech, np.zeros(tail_n)])
+        phones = shift_phones(phones, lead_n / SAMPLE_RATE, audio.size / SAMPLE_RATE)
         peak = np.abs(audio).max() + 1e-9
         audio = audio / peak * 10 ** (rng.uniform(-20, -1) / 20)  # recording gain varies
-        phones = align_phones(audio.astype(np.float32), text)
         if rng.random() < 0.35:
             snr_db = rng.uniform(12, 40)
             speech_rms = np.sqrt(np.mean(audio[np.abs(audio) > 0.01 * np.abs(audio).max()] ** 2))
@@ -302,7 +320,7 @@ def build_corpus(out: Path, config: CorpusConfig, progress: bool = True) -> Path
             save_motion(motion, clips_dir / f"{name}.npz")
             lines.append(json.dumps({"id": name, "split": split, "audio": f"clips/{name}.wav",
                                      "motion": f"clips/{name}.npz", **meta}))  # fmt: skip
-    if failures > len(plan) // 2:  # forced alignment refuses ~30% of espeak-ng clips; those are skipped
+    if failures > len(plan) // 2:
         raise HeadsplatError(f"{failures} of {len(plan)} clips failed; check the speech engines")
     with atomic_output(manifest) as tmp_manifest:
         tmp_manifest.write_text("\n".join(lines) + "\n")

@@ -391,8 +391,12 @@ def _config_dict(config: TrainConfig) -> dict:
 
 # --------------------------------------------------------------------------------------------------
 def train(clips: Sequence[Clip], config: TrainConfig, eval_clips: Sequence[Clip] = (), checkpoint: Path | None = None,
-          resume: Path | None = None, progress: bool = True, log: Callable[[str], None] = print) -> tuple[MotionDenoiser, dict]:  # fmt: skip
-    """Train on `clips` (checkpointing every 500 steps to `checkpoint`); returns the EMA network and a summary."""
+          resume: Path | None = None, progress: bool = True, log: Callable[[str], None] = print,
+          init: MotionDenoiser | None = None) -> tuple[MotionDenoiser, dict]:  # fmt: skip
+    """Train on `clips` (checkpointing every 500 steps to `checkpoint`); returns the EMA network and a summary.
+
+    `init` fine-tunes an existing network (its architecture and motion normalisation are kept).
+    """
     from tqdm import tqdm
 
     if not clips:
@@ -405,10 +409,20 @@ def train(clips: Sequence[Clip], config: TrainConfig, eval_clips: Sequence[Clip]
     model_config = config.model if config.model.audio_dim == audio_dim else MotionModelConfig(
         **{**config.model.to_dict(), "audio_dim": audio_dim})  # fmt: skip
     config = TrainConfig(**{**asdict(config), "model": model_config})
-    net = MotionDenoiser(model_config)
-    mean, std = motion_statistics(clips)
-    net.motion_mean.copy_(torch.from_numpy(mean))
-    net.motion_std.copy_(torch.from_numpy(std))
+    if init is not None:
+        if init.config.audio_dim != audio_dim:
+            raise HeadsplatError(
+                f"--init model expects {init.config.audio_dim} audio features, the data has {audio_dim}"
+            )
+        model_config = init.config
+        config = TrainConfig(**{**asdict(config), "model": model_config})
+        net = MotionDenoiser(model_config)
+        net.load_state_dict(init.state_dict())
+    else:
+        net = MotionDenoiser(model_config)
+        mean, std = motion_statistics(clips)
+        net.motion_mean.copy_(torch.from_numpy(mean))
+        net.motion_std.copy_(torch.from_numpy(std))
     ema = MotionDenoiser(model_config)
     ema.load_state_dict(net.state_dict())
     ema.requires_grad_(False)
@@ -485,6 +499,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--resume", type=Path, help="checkpoint to continue from (OUT.checkpoint.safetensors)"
     )
+    parser.add_argument("--init", type=Path,
+                        help="weights to fine-tune (.safetensors + .json, e.g. the shipped model); "
+                             "keeps their architecture, ignores --width/--depth")  # fmt: skip
     defaults = TrainConfig()
     parser.add_argument("--steps", type=int, default=defaults.steps, help="optimiser steps")
     parser.add_argument(
@@ -523,8 +540,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.videos:
             train_clips += video_clips(args.videos, resolve_tracker(args.tracker), config.fps)
         checkpoint = args.checkpoint or args.out.with_name(args.out.stem + ".checkpoint.safetensors")
-        net, meta = train(train_clips, config, eval_clips, checkpoint=checkpoint, resume=args.resume)
-        meta["data"] = {"corpus": str(args.corpus) if args.corpus else None,
+        if args.init and args.resume:
+            raise HeadsplatError("give --init or --resume, not both")
+        init = None
+        if args.init:
+            from pipelines.audio_to_motion import load_model
+
+            init = load_model(args.init).train()
+        net, meta = train(
+            train_clips, config, eval_clips, checkpoint=checkpoint, resume=args.resume, init=init
+        )
+        meta["data"] = {"init": str(args.init) if args.init else None,
+                        "corpus": str(args.corpus) if args.corpus else None,
                         "pairs": str(args.pairs) if args.pairs else None,
                         "videos": str(args.videos) if args.videos else None}  # fmt: skip
         save_weights(net, args.out, meta)
