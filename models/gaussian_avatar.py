@@ -133,13 +133,25 @@ class PortraitAvatar:
         return rot, shift
 
     def gaussians(self, expression: Tensor, rotation: Tensor, translation: Tensor) -> Gaussians:
-        """The avatar's Gaussians for one frame (expression [53], rotation [3], translation [3])."""
+        """The avatar's Gaussians for one frame (expression [53], rotation [3], translation [3]).
+
+        Order: the mesh-bound face, the rigid band, then (only while the lips are parted) the mouth
+        interior: behind shut lips it is invisible but would still cost the renderer a pass over every
+        mouth pixel. On the CPU the frame is posed by fused numba kernels (`gaussians_torch` is the same
+        in torch, used for CUDA and autograd). The opacities and colours returned are the avatar's own
+        tensors, shared between frames: do not modify them in place.
+        """
+        cpu = expression.device.type == "cpu" and self.rigid_means.device.type == "cpu"
+        if cpu and not (expression.requires_grad or rotation.requires_grad or translation.requires_grad):
+            return self._gaussians_cpu(expression, rotation, translation)
+        return self.gaussians_torch(expression, rotation, translation)
+
+    def gaussians_torch(self, expression: Tensor, rotation: Tensor, translation: Tensor) -> Gaussians:
+        """`gaussians` in plain torch (any device, differentiable)."""
         vertices = self.mesh(expression[None], rotation[None], translation[None])[0]
         means, quats, scales = self.binding.pose(vertices, self.head.triangles)
-        # The mouth interior (last in the bound set) is only drawn when the lips part: behind shut lips
-        # it is invisible but would still cost the renderer a pass over every mouth pixel.
-        keep = len(self.binding) - (0 if self.lips_apart(vertices) else self.num_mouth)
-        means, quats, scales = means[:keep], quats[:keep], scales[:keep]
+        face = len(self.binding) - self.num_mouth
+        keep = len(self.binding) if self.lips_apart(vertices) else face
         rot, shift = self.rigid_transform(rotation[None], translation[None])
         w = self.rigid_weights[:, None]
         moved = self.rigid_means @ rot[0].T + shift[0]
@@ -147,13 +159,96 @@ class PortraitAvatar:
         turn = matrix_to_quaternion(rot[0])
         r_quats = quaternion_multiply(turn.expand_as(self.rigid_quats), self.rigid_quats)
         r_quats = torch.nn.functional.normalize((1 - w) * self.rigid_quats + w * r_quats, dim=-1)
+        ones = torch.ones(len(self.rigid_means), device=means.device)
         return Gaussians.unchecked(
-            torch.cat([means, r_means]),
-            torch.cat([quats, r_quats]),
-            torch.cat([scales, self.rigid_scales]),
-            torch.cat([self.bound_opacities[:keep], torch.ones(len(self.rigid_means))]),
-            torch.cat([self.bound_colors[:keep], self.rigid_colors]),
+            torch.cat([means[:face], r_means, means[face:keep]]),
+            torch.cat([quats[:face], r_quats, quats[face:keep]]),
+            torch.cat([scales[:face], self.rigid_scales, scales[face:keep]]),
+            torch.cat([self.bound_opacities[:face], ones, self.bound_opacities[face:keep]]),
+            torch.cat([self.bound_colors[:face], self.rigid_colors, self.bound_colors[face:keep]]),
         )
+
+    def _cpu_constants(self) -> dict:
+        """Per-avatar arrays for `_gaussians_cpu`, made on first use (the avatar is not changed after build)."""
+        cache = self.__dict__.get("_cpu_cache")
+        if cache is None:
+            head = self.head
+            with torch.no_grad():
+                id_shape = head.shape(self.identity, torch.zeros(1, NUM_EXPRESSIONS))[0]
+            cache = {
+                "id_shape": id_shape.numpy().astype(np.float32),
+                "basis": np.ascontiguousarray(head.expression_basis.numpy(), np.float32),
+                "vertex_w": np.ascontiguousarray(self.vertex_weights.numpy(), np.float32),
+                "pivot": head.pivot.numpy().astype(np.float32),
+                "rest_rot": euler_to_matrix(self.rest_rotation)[0].numpy().astype(np.float32),
+                "rest_t": self.rest_translation[0].numpy().astype(np.float32),
+                "triangles": np.ascontiguousarray(head.triangles.numpy()),
+                "rigid_means": np.ascontiguousarray(self.rigid_means.numpy(), np.float32),
+                "rigid_quats": np.ascontiguousarray(self.rigid_quats.numpy(), np.float32),
+                "rigid_weights": np.ascontiguousarray(self.rigid_weights.numpy(), np.float32),
+                "rigid_scales": np.ascontiguousarray(self.rigid_scales.numpy(), np.float32),
+            }
+            self.__dict__["_cpu_cache"] = cache
+        # Opacities and colours in frame order, for both layouts (mouth drawn or not) at once; remade only
+        # when they change (the avatar's build refines its colours between renders).
+        key = tuple((id(t), t._version) for t in (self.bound_opacities, self.bound_colors, self.rigid_colors))
+        if cache.get("key") != key:
+            face = len(self.binding) - self.num_mouth
+            ones = torch.ones(len(self.rigid_means))
+            cache["opacities"] = torch.cat([self.bound_opacities[:face], ones, self.bound_opacities[face:]])
+            cache["colors"] = torch.cat(
+                [self.bound_colors[:face], self.rigid_colors, self.bound_colors[face:]]
+            )
+            cache["key"] = key
+        return cache
+
+    def _gaussians_cpu(self, expression: Tensor, rotation: Tensor, translation: Tensor) -> Gaussians:
+        from models._avatar_kernels import posed_mesh, rigid_band
+        from renderers._cpu import PARALLEL_LOCK
+
+        c = self._cpu_constants()
+        weights = (self.rest_expression[0] + expression.float()).clamp(0, 1).numpy()
+        turn = euler_to_matrix(rotation.float()[None])[0].numpy()
+        vertices = np.empty_like(c["id_shape"])
+        with PARALLEL_LOCK:
+            posed_mesh(
+                c["id_shape"], c["basis"], weights, c["vertex_w"], turn, c["rest_rot"], c["pivot"],
+                c["rest_t"], translation.float().numpy(), vertices,
+            )  # fmt: skip
+        lips_apart = self.lips_apart(torch.from_numpy(vertices))
+        face, nr = len(self.binding) - self.num_mouth, len(c["rigid_means"])
+        n = face + nr + (self.num_mouth if lips_apart else 0)
+        means = np.empty((n, 3), np.float32)
+        quats = np.empty((n, 4), np.float32)
+        scales = np.empty((n, 3), np.float32)
+        face_binding, mouth_binding = self._split_binding()
+        face_binding.pose_into(vertices, c["triangles"], means[:face], quats[:face], scales[:face])
+        if lips_apart:
+            rows = slice(face + nr, n)
+            mouth_binding.pose_into(vertices, c["triangles"], means[rows], quats[rows], scales[rows])
+        rot, shift = self.rigid_transform(rotation.float()[None], translation.float()[None])
+        with PARALLEL_LOCK:
+            rigid_band(
+                c["rigid_means"], c["rigid_quats"], c["rigid_weights"], rot[0].numpy(), shift[0].numpy(),
+                matrix_to_quaternion(rot[0]).numpy(), means[face : face + nr], quats[face : face + nr],
+            )  # fmt: skip
+        scales[face : face + nr] = c["rigid_scales"]
+        return Gaussians.unchecked(
+            torch.from_numpy(means), torch.from_numpy(quats), torch.from_numpy(scales),
+            c["opacities"][:n], c["colors"][:n],
+        )  # fmt: skip
+
+    def _split_binding(self) -> tuple[MeshBinding, MeshBinding]:
+        """(face, mouth interior) parts of the bound set, made on first use."""
+        cached = self.__dict__.get("_split_binding_cache")
+        if cached is None:
+            face = len(self.binding) - self.num_mouth
+            cached = (
+                self.binding.subset(torch.arange(face)),
+                self.binding.subset(torch.arange(face, len(self.binding))),
+            )
+            self.__dict__["_split_binding_cache"] = cached
+        return cached
 
     def lips_apart(self, vertices: Tensor) -> bool:
         """Whether the lips of a posed mesh [V, 3] are parted (see `lip_gaps`)."""
@@ -161,18 +256,25 @@ class PortraitAvatar:
 
     def render(self, expression, rotation, translation, backend: str = "auto") -> np.ndarray:
         """One crop frame [S, S, 3] float32 in [0, 1] for one motion frame."""
-        out = rasterize(self.gaussians(expression, rotation, translation), self.camera, backend=backend)
-        rgb = composite_over(out.rgb.cpu().numpy(), out.alpha.cpu().numpy(), self.background)
-        return np.clip(rgb, 0.0, 1.0)
+        rgb, alpha = self.render_layers(expression, rotation, translation, backend=backend)
+        return np.clip(composite_over(rgb, alpha, self.background), 0.0, 1.0)
 
-    def render_motion(self, motion: Motion, frame: int, backend: str = "auto") -> np.ndarray:
-        """Crop frame [S, S, 3] for frame `frame` of `motion`."""
-        return self.render(
+    def render_layers(
+        self, expression, rotation, translation, backend: str = "auto"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The moving layer alone: premultiplied colour [S, S, 3] and alpha [S, S] (float32 numpy), to be
+        composited over `background` (see `render`, and `renderers.FramePaster` for videos)."""
+        out = rasterize(self.gaussians(expression, rotation, translation), self.camera, backend=backend)
+        return out.rgb.cpu().numpy(), out.alpha.cpu().numpy()
+
+    def render_motion(self, motion: Motion, frame: int, backend: str = "auto", layers: bool = False):
+        """Crop frame [S, S, 3] for frame `frame` of `motion` (with `layers`: `render_layers`' pair)."""
+        args = (
             torch.from_numpy(motion.expression[frame]),
             torch.from_numpy(motion.rotation[frame]),
             torch.from_numpy(motion.translation[frame]),
-            backend=backend,
         )
+        return self.render_layers(*args, backend=backend) if layers else self.render(*args, backend=backend)
 
     @property
     def num_gaussians(self) -> int:

@@ -97,9 +97,27 @@ class MeshBinding:
         means = np.empty((n, 3), np.float32)
         quats = np.empty((n, 4), np.float32)
         scales = np.empty((n, 3), np.float32)
+        self.pose_into(vertices.detach().numpy(), triangles.numpy(), means, quats, scales)
+        return torch.from_numpy(means), torch.from_numpy(quats), torch.from_numpy(scales)
+
+    def pose_into(
+        self,
+        vertices: np.ndarray,
+        triangles: np.ndarray,
+        means: np.ndarray,
+        quats: np.ndarray,
+        scales: np.ndarray,
+    ) -> None:
+        """`pose` of one CPU mesh [V, 3] written into float32 arrays [N, 3], [N, 4], [N, 3] (e.g. row views)."""
+        from renderers._cpu import PARALLEL_LOCK
+
+        with PARALLEL_LOCK:
+            self._pose_locked(vertices, triangles, means, quats, scales)
+
+    def _pose_locked(self, vertices, triangles, means, quats, scales) -> None:  # noqa: ANN001
         _pose_kernel(
-            vertices.detach().numpy().astype(np.float32, copy=False),
-            triangles.numpy(),
+            vertices.astype(np.float32, copy=False),
+            triangles,
             self.triangle.numpy(),
             self.barycentric.numpy().astype(np.float32, copy=False),
             self.offset.numpy().astype(np.float32, copy=False),
@@ -109,7 +127,6 @@ class MeshBinding:
             quats,
             scales,
         )
-        return torch.from_numpy(means), torch.from_numpy(quats), torch.from_numpy(scales)
 
     def pose_torch(self, vertices: Tensor, triangles: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The differentiable, batched torch version of `pose`."""

@@ -30,7 +30,7 @@ from models.gaussian_avatar import PortraitAvatar, PortraitAvatarConfig, build_p
 from models.head_model import HeadModel
 from models.latent import Motion
 from models.visemes import EMOTIONS
-from renderers.compositing import paste_back, paste_weight
+from renderers.compositing import FramePaster, paste_weight
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PORTRAIT = ROOT / "assets" / "defaults" / "portrait.jpg"
@@ -261,17 +261,18 @@ def render_frames(
     photo: np.ndarray, avatar: PortraitAvatar, motion: Motion, crop: bool = False, backend: str = "auto"
 ) -> Iterator[np.ndarray]:
     """RGB uint8 frames, one per motion frame: the full photo with the face pasted back (or the crop)."""
-    feather = max(4.0, 0.02 * (avatar.crop_box[2] - avatar.crop_box[0]))
-    size = (photo.shape[1], photo.shape[0])
-    weight = (
-        None if crop else paste_weight(avatar.moving_mask, size, avatar.crop_box, feather)
-    )  # once per video
-    for i in range(motion.num_frames):
-        rgb = avatar.render_motion(motion, i, backend=backend)
-        if crop:
+    if crop:
+        for i in range(motion.num_frames):
+            rgb = avatar.render_motion(motion, i, backend=backend)
             yield np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
-        else:
-            yield paste_back(rgb * 255.0, avatar.moving_mask, photo, avatar.crop_box, feather, weight=weight)
+        return
+    feather = max(4.0, 0.02 * (avatar.crop_box[2] - avatar.crop_box[0]))
+    weight = paste_weight(avatar.moving_mask, (photo.shape[1], photo.shape[0]), avatar.crop_box, feather)
+    size = avatar.background.shape[1], avatar.background.shape[0]
+    paster = FramePaster(photo, size, avatar.crop_box, weight)  # the mask and box stay put: set up once
+    for i in range(motion.num_frames):
+        rgb, alpha = avatar.render_motion(motion, i, backend=backend, layers=True)
+        yield paster(rgb, alpha, avatar.background)
 
 
 def check_config(cfg: TalkConfig) -> Path:

@@ -63,8 +63,9 @@ N_PARAMS = 12
 
 # numba's workqueue threading layer (its fallback when neither TBB nor OpenMP is installed) must not be
 # entered from two Python threads at once, and Gradio serves requests from a thread pool; the kernels
-# use all cores anyway, so CPU renders are simply serialised.
-_LOCK = threading.Lock()
+# use all cores anyway, so every parallel kernel call in headsplat is serialised by this one lock.
+PARALLEL_LOCK = threading.RLock()
+_LOCK = PARALLEL_LOCK
 _TILE_ORDERS: dict[int, np.ndarray] = {}
 
 

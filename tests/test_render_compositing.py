@@ -88,3 +88,32 @@ def test_paste_back_with_a_precomputed_weight_equals_the_full_call():
     assert np.array_equal(
         paste_back(crop, mask, frame, box, 6), paste_back(crop, mask, frame, box, 6, weight=weight)
     )
+
+
+def test_frame_paster_matches_composite_then_paste_back():
+    from renderers.compositing import FramePaster, composite_over, paste_weight
+
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (90, 70, 3), dtype=np.uint8)
+    rgb = rng.random((40, 40, 3), dtype=np.float32) * 0.9
+    alpha = rng.random((40, 40), dtype=np.float32)
+    background = rng.random((40, 40, 3), dtype=np.float32)
+    rgb[:5] = 2.0  # out-of-range colours are clipped like composite_over + clip
+    mask = np.zeros((40, 40), np.float32)
+    mask[5:35, 8:30] = 1.0
+    box = (7.3, 11.6, 61.9, 66.2)
+    weight = paste_weight(mask, (70, 90), box, 6.0)
+    paster = FramePaster(photo, (40, 40), box, weight)
+    fast = paster(rgb, alpha, background)
+    expected = paste_back(
+        np.clip(composite_over(rgb, alpha, background), 0, 1) * 255, mask, photo, box, 6.0, weight=weight
+    )
+    assert fast.dtype == np.uint8 and fast.shape == photo.shape
+    assert np.abs(fast.astype(int) - expected.astype(int)).max() <= 1
+    untouched = weight[..., 0] == 0
+    np.testing.assert_array_equal(fast[untouched], photo[untouched])
+    assert paster(rgb, alpha, background) is not fast  # a new frame each call
+    with pytest.raises(ValueError, match="must be"):
+        paster(rgb[:20], alpha, background)
+    with pytest.raises(ValueError, match="uint8"):
+        FramePaster(photo.astype(np.float32), (40, 40), box, weight)
