@@ -115,6 +115,7 @@ def _project(
     height,
     near,
     far,
+    eps2d,  # screen-space low-pass, pixels^2
     params,  # out [N, N_PARAMS] f32
     rects,  # out [N, 4] i32: first/last pixel column, first/last pixel row; empty when first > last
 ):  # pragma: no cover - compiled
@@ -187,9 +188,9 @@ def _project(
         b10 = j11 * a10 + j12 * a20
         b11 = j11 * a11 + j12 * a21
         b12 = j11 * a12 + j12 * a22
-        c00 = b00 * b00 + b01 * b01 + b02 * b02 + EPS2D
+        c00 = b00 * b00 + b01 * b01 + b02 * b02 + eps2d
         c01 = b00 * b10 + b01 * b11 + b02 * b12
-        c11 = b10 * b10 + b11 * b11 + b12 * b12 + EPS2D
+        c11 = b10 * b10 + b11 * b11 + b12 * b12 + eps2d
         det = c00 * c11 - c01 * c01
         if not det > 0.0:
             continue
@@ -285,14 +286,19 @@ def _bin(order, rects, tiles_x, n_tiles, n_chunks):  # pragma: no cover - compil
 
     The depth-sorted ids are cut into n_chunks runs; each run counts and then scatters its own
     intersections, and a tile's slots are laid out run by run, so every list stays in depth order.
+    Each Gaussian's tile range is gathered once, in depth order, so both passes read it sequentially.
     """
     m = order.shape[0]
+    spans = np.empty((m, 4), np.int32)  # first/last tile column, first/last tile row
+    for k in prange(m):
+        g = order[k]
+        for j in range(4):
+            spans[k, j] = rects[g, j] // TILE  # rects are >= 0 here: // is a plain shift
     counts = np.zeros((n_chunks, n_tiles), np.int64)
     for c in prange(n_chunks):
         for k in range(c * m // n_chunks, (c + 1) * m // n_chunks):
-            g = order[k]
-            for ty in range(rects[g, 2] // TILE, rects[g, 3] // TILE + 1):
-                for tx in range(rects[g, 0] // TILE, rects[g, 1] // TILE + 1):
+            for ty in range(spans[k, 2], spans[k, 3] + 1):
+                for tx in range(spans[k, 0], spans[k, 1] + 1):
                     counts[c, ty * tiles_x + tx] += 1
     offsets = np.empty(n_tiles + 1, np.int64)
     total = 0
@@ -307,8 +313,8 @@ def _bin(order, rects, tiles_x, n_tiles, n_chunks):  # pragma: no cover - compil
     for c in prange(n_chunks):
         for k in range(c * m // n_chunks, (c + 1) * m // n_chunks):
             g = order[k]
-            for ty in range(rects[g, 2] // TILE, rects[g, 3] // TILE + 1):
-                for tx in range(rects[g, 0] // TILE, rects[g, 1] // TILE + 1):
+            for ty in range(spans[k, 2], spans[k, 3] + 1):
+                for tx in range(spans[k, 0], spans[k, 1] + 1):
                     t = ty * tiles_x + tx
                     lists[counts[c, t]] = g
                     counts[c, t] += 1
@@ -435,6 +441,7 @@ def render(
     far: float,
     background: np.ndarray,  # [3] f32
     stage_seconds: dict[str, float] | None = None,
+    eps2d: float = EPS2D,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # [H, W, 3], [H, W], [H, W] f32
     """One view: RGB (background composited), alpha and expected depth, as new float32 arrays.
 
@@ -458,7 +465,7 @@ def render(
     with _LOCK:
         _project(
             means, quats, scales, opacities, coeffs, is_sh, world_to_camera, camera_position,
-            fx, fy, cx, cy, width, height, near, far, params, rects,
+            fx, fy, cx, cy, width, height, near, far, float(eps2d), params, rects,
         )  # fmt: skip
         lap("project")
         depth_bits = np.ascontiguousarray(params[:, P_Z]).view(np.uint32)

@@ -62,6 +62,7 @@ def rasterize(
     height: int | None = None,
     background: Tensor | Sequence[float] | None = None,  # [3] RGB
     backend: str = "auto",
+    eps2d: float = _cpu.EPS2D,
 ) -> RenderOutput:
     """Render Gaussians from one camera ([H, W, ...] outputs) or a list of cameras ([C, H, W, ...]).
 
@@ -69,7 +70,9 @@ def rasterize(
     (`Camera.resized`). `background` is an RGB colour (default black). Backends: "gsplat" (CUDA tensors,
     needs the optional gsplat package; differentiable), "cpu" (numba, tile based), "reference" (dense
     torch, slow, the test oracle), "auto" (gsplat when the Gaussians are on CUDA and gsplat imports,
-    else cpu). Outputs are float32 on the Gaussians' device.
+    else cpu). `eps2d` is the screen-space low-pass (pixels², added to each projected covariance's
+    diagonal; gsplat's default 0.3, which every backend takes the same way). Outputs are float32 on the
+    Gaussians' device.
     """
     if not isinstance(gaussians, Gaussians):
         raise ValueError(f"rasterize needs a Gaussians, got {type(gaussians).__name__}")
@@ -88,16 +91,18 @@ def rasterize(
     bg = torch.zeros(3) if background is None else torch.as_tensor(background, dtype=torch.float32).cpu()
     if bg.shape != (3,) or not torch.isfinite(bg).all():
         raise ValueError(f"background must be 3 finite RGB values, got {tuple(bg.shape)}")
+    if not (0.0 <= float(eps2d) < 100.0):
+        raise ValueError(f"eps2d must be in [0, 100) pixels², got {eps2d}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     if backend == "auto":
         backend = "gsplat" if gaussians.device.type == "cuda" and _gsplat_available() else "cpu"
 
     if backend == "gsplat":
-        out = _render_gsplat(gaussians, cams, bg)
+        out = _render_gsplat(gaussians, cams, bg, eps2d)
     else:
         render_one = _render_cpu if backend == "cpu" else _render_reference
-        views = [render_one(gaussians, cam, bg) for cam in cams]
+        views = [render_one(gaussians, cam, bg, eps2d=eps2d) for cam in cams]
         if single:
             return RenderOutput(*(t.to(gaussians.device) for t in views[0]))
         out = RenderOutput(*(torch.stack([v[i] for v in views]).to(gaussians.device) for i in range(3)))
@@ -117,7 +122,11 @@ def _gsplat_available() -> bool:
 
 
 def _render_cpu(
-    g: Gaussians, cam: Camera, bg: Tensor, stage_seconds: dict[str, float] | None = None
+    g: Gaussians,
+    cam: Camera,
+    bg: Tensor,
+    stage_seconds: dict[str, float] | None = None,
+    eps2d: float = _cpu.EPS2D,
 ) -> tuple[Tensor, Tensor, Tensor]:
     def host(t: Tensor) -> np.ndarray:
         return t.detach().to("cpu", torch.float32).contiguous().numpy()
@@ -127,7 +136,7 @@ def _render_cpu(
     rgb, alpha, depth = _cpu.render(
         host(g.means), host(g.quats), host(g.scales), host(g.opacities), host(coeffs), g.colors.ndim == 3,
         m, cam.position.double().numpy(), cam.fx, cam.fy, cam.cx, cam.cy, cam.width, cam.height,
-        cam.near, cam.far, bg.numpy(), stage_seconds,
+        cam.near, cam.far, bg.numpy(), stage_seconds, eps2d,
     )  # fmt: skip
     return torch.from_numpy(rgb), torch.from_numpy(alpha), torch.from_numpy(depth)
 
@@ -142,7 +151,7 @@ class _Projected(NamedTuple):
     visible: Tensor  # [N] bool
 
 
-def _project_reference(g: Gaussians, cam: Camera) -> _Projected:
+def _project_reference(g: Gaussians, cam: Camera, eps2d: float = _cpu.EPS2D) -> _Projected:
     """gsplat's EWA projection in float64 torch, rounded to float32 like the CPU backend."""
     view = cam.world_to_camera.to(g.device, torch.float64)
     rot_v, t_v = view[:3, :3], view[:3, 3]
@@ -163,7 +172,7 @@ def _project_reference(g: Gaussians, cam: Camera) -> _Projected:
     ty = z * torch.clamp(y / z, *lim_y)
     zero = torch.zeros_like(z)
     jac = torch.stack([fx / z, zero, -fx * tx / z**2, zero, fy / z, -fy * ty / z**2], -1).reshape(-1, 2, 3)
-    cov2d = jac @ cov_c @ jac.transpose(1, 2) + _cpu.EPS2D * torch.eye(
+    cov2d = jac @ cov_c @ jac.transpose(1, 2) + float(eps2d) * torch.eye(
         2, dtype=torch.float64, device=g.device
     )
     a, b, d = cov2d[:, 0, 0], cov2d[:, 0, 1], cov2d[:, 1, 1]
@@ -195,9 +204,11 @@ def _exp_neg_torch(s: Tensor) -> Tensor:
     return p * torch.from_numpy(_cpu.EXP_TABLE).to(s.device)[(k + _cpu.EXP_K_MAX).long()]
 
 
-def _render_reference(g: Gaussians, cam: Camera, bg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _render_reference(
+    g: Gaussians, cam: Camera, bg: Tensor, eps2d: float = _cpu.EPS2D
+) -> tuple[Tensor, Tensor, Tensor]:
     """Dense and obviously correct: every visible Gaussian at every pixel, front to back by depth."""
-    proj = _project_reference(g, cam)
+    proj = _project_reference(g, cam, eps2d)
     if g.colors.ndim == 3:
         colors = sh_to_rgb(g.colors, g.means - cam.position.to(g.device))
     else:
@@ -239,7 +250,7 @@ def _render_reference(g: Gaussians, cam: Camera, bg: Tensor) -> tuple[Tensor, Te
 # -------------------------------------------------------------------------------------------- gsplat
 
 
-def _render_gsplat(g: Gaussians, cams: list[Camera], bg: Tensor) -> RenderOutput:
+def _render_gsplat(g: Gaussians, cams: list[Camera], bg: Tensor, eps2d: float = _cpu.EPS2D) -> RenderOutput:
     try:
         from gsplat import rasterization
     except ImportError as e:
@@ -262,7 +273,7 @@ def _render_gsplat(g: Gaussians, cams: list[Camera], bg: Tensor) -> RenderOutput
     colors, sh_degree = g.colors, g.sh_degree
     out, alphas, _ = rasterization(
         g.means, g.quats, g.scales, g.opacities, colors, viewmats, ks, cams[0].width, cams[0].height,
-        near_plane=near.pop(), far_plane=far.pop(), eps2d=_cpu.EPS2D, sh_degree=sh_degree, packed=False,
+        near_plane=near.pop(), far_plane=far.pop(), eps2d=float(eps2d), sh_degree=sh_degree, packed=False,
         tile_size=_cpu.TILE, backgrounds=bg.to(dev).expand(len(cams), 3), render_mode="RGB+ED",
         rasterize_mode="classic",
     )  # fmt: skip

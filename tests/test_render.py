@@ -386,3 +386,14 @@ def test_unchecked_gaussians_render_like_checked_ones():
     a = rasterize(Gaussians(means, quats, scales, opacities, colors), cam, backend="cpu")
     b = rasterize(Gaussians.unchecked(means, quats, scales, opacities, colors), cam, backend="cpu")
     assert torch.equal(a.rgb, b.rgb) and torch.equal(a.alpha, b.alpha)
+
+
+def test_screen_space_low_pass_is_a_parameter_every_backend_takes_alike():
+    g = random_scene(150, seed=11, scale_range=(0.01, 0.3))  # mostly sub-pixel: eps2d sets their size
+    sharp_cpu, sharp_ref = both(g, CAM, eps2d=0.05)
+    assert_same_render(sharp_cpu, sharp_ref)
+    soft = rasterize(g, CAM, backend="cpu")  # gsplat's default, 0.3
+    # A smaller low-pass draws small Gaussians smaller: less total coverage.
+    assert sharp_cpu.alpha.sum() < 0.8 * soft.alpha.sum()
+    with pytest.raises(ValueError, match="eps2d"):
+        rasterize(g, CAM, backend="cpu", eps2d=-1.0)
