@@ -204,22 +204,9 @@ def speech_motion(samples: np.ndarray, cfg: TalkConfig, transcript: str | None =
 
 def driving_motion(path: str, fps: float, progress: bool = False) -> tuple[Motion, bool]:
     """The tracked motion of a driving video, relative to the driving face's own rest, and whether it has audio."""
-    from tqdm import tqdm
+    from pipelines.track import track_video
 
-    from pipelines.track import TrackConfig, track_frames
-    from pipelines.video_io import read_video
-
-    video = read_video(path)
-    bar = (lambda it, **kw: tqdm(it, file=sys.stderr, **kw)) if progress else None
-    result = track_frames(video, video.fps, TrackConfig(), total=video.num_frames or None, progress=bar)
-    motion = result.motion  # pose already relative to the clip's median pose
-    # Expressions relative to the driving face's resting look (its 10th percentile per shape), so the
-    # portrait keeps its own rest expression and only the changes carry over.
-    baseline = np.percentile(motion.expression, 10, axis=0)
-    relative = Motion(
-        np.clip(motion.expression - baseline, 0, 1), motion.rotation, motion.translation, motion.fps
-    )
-    return relative.resample(fps), video.audio
+    return track_video(path, fps, progress=progress, with_audio=True)
 
 
 def make_motion(cfg: TalkConfig, workdir: Path) -> tuple[Motion, Path | None]:

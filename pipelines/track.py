@@ -214,6 +214,30 @@ def track_frames(
     return TrackResult(identity, motion, fits, landmarks, found, fitter)
 
 
+def track_video(
+    path: str | Path, fps: float | None = None, progress: bool = False, with_audio: bool = False
+) -> Motion | tuple[Motion, bool]:
+    """A talking video's motion relative to the face's own rest, at `fps` (default: the video's).
+
+    The pose is relative to the clip's median pose; expressions are relative to the face's resting look
+    (its 10th percentile per shape), so a portrait driven by it keeps its own rest expression and only
+    the changes carry over. This is what Talk's `--driving` uses and what `pipelines.train_motion
+    --videos` tracks training videos with. `with_audio` also returns whether the video has sound.
+    """
+    from tqdm import tqdm
+
+    video = read_video(path)
+    bar = (lambda it, **kw: tqdm(it, file=sys.stderr, **kw)) if progress else None
+    result = track_frames(video, video.fps, TrackConfig(), total=video.num_frames or None, progress=bar)
+    motion = result.motion
+    baseline = np.percentile(motion.expression, 10, axis=0)
+    relative = Motion(
+        np.clip(motion.expression - baseline, 0, 1), motion.rotation, motion.translation, motion.fps
+    )
+    relative = relative.resample(fps) if fps else relative
+    return (relative, video.audio) if with_audio else relative
+
+
 def _fill_gaps(raw: list[np.ndarray | None], found: np.ndarray) -> np.ndarray:
     """[T, N, C] landmarks with frames without a face linearly interpolated (held at the ends)."""
     seen = np.nonzero(found)[0]

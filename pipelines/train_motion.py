@@ -4,9 +4,9 @@ Data sources (combine freely):
   --corpus DIR      a synthetic corpus from `pipelines.synth_corpus` (its held-out voices are used for eval)
   --pairs PATH      a folder of audio files each with a same-named motion file (.npz/.json/Live Link Face
                     .csv), or a manifest (.jsonl with "audio" and "motion" keys, or .csv with those columns)
-  --videos DIR      talking-head videos, tracked into motion by --tracker MODULE:FUNCTION, a callable
-                    `(video_path) -> models.latent.Motion` (e.g. the face tracker once it lands); the
-                    audio comes from each video's own track
+  --videos DIR      talking-head videos, tracked into motion by headsplat's face tracker
+                    (`pipelines.track:track_video`) or by --tracker MODULE:FUNCTION, any callable
+                    `(video_path) -> models.latent.Motion`; the audio comes from each video's own track
 
     python -m pipelines.train_motion --corpus data/motion_corpus --out weights/motion_diffusion.safetensors \
         --minutes 30 --threads 2
@@ -488,7 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus", type=Path, help="synthetic corpus folder (pipelines.synth_corpus)")
     parser.add_argument("--pairs", type=Path, help="folder of audio+motion files, or a .jsonl/.csv manifest")
     parser.add_argument("--videos", type=Path, help="folder of talking-head videos (needs --tracker)")
-    parser.add_argument("--tracker", help="MODULE:FUNCTION turning a video path into a Motion")
+    parser.add_argument("--tracker", default="pipelines.track:track_video",
+                        help="MODULE:FUNCTION turning a video path into a Motion (default: the face tracker)")  # fmt: skip
     parser.add_argument(
         "--out", type=Path, required=True, help="weights to write (.safetensors; a .json goes beside)"
     )
@@ -519,8 +520,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not (args.corpus or args.pairs or args.videos):
             raise HeadsplatError("give training data: --corpus, --pairs and/or --videos")
-        if args.videos and not args.tracker:
-            raise HeadsplatError("--videos needs --tracker MODULE:FUNCTION to turn each video into motion")
+        if args.init and args.resume:
+            raise HeadsplatError("give --init or --resume, not both")
         if args.out.suffix != ".safetensors":
             raise HeadsplatError("--out must end in .safetensors")
         if not args.out.parent.is_dir():
@@ -540,8 +541,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.videos:
             train_clips += video_clips(args.videos, resolve_tracker(args.tracker), config.fps)
         checkpoint = args.checkpoint or args.out.with_name(args.out.stem + ".checkpoint.safetensors")
-        if args.init and args.resume:
-            raise HeadsplatError("give --init or --resume, not both")
         init = None
         if args.init:
             from pipelines.audio_to_motion import load_model
