@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.audio import SAMPLE_RATE, Phone, align_phones, speech_features
+from models.audio import SAMPLE_RATE, Phone, align_phones, resample_to, speech_features
 from models.errors import HeadsplatError
 from models.visemes import EMOTIONS, teacher_motion
 from pipelines.audio_io import load_audio, save_wav
@@ -223,14 +223,36 @@ class CorpusConfig:
     """Utterances by held-out voices, for evaluation only."""
     noise_share: float = 0.06
     """Share of training clips that are non-speech noise or silence labelled with idle motion."""
+    voice_shift_share: float = 0.4
+    """Share of training utterances resampled as if a smaller or larger vocal tract spoke them: pitch and
+    formants scale by a factor in VOICE_SHIFT, durations by its inverse (vocal-tract-length
+    perturbation). The engines' voices are mostly male; this covers voices none of them has."""
     fps: float = 25.0
     """Motion frame rate."""
     seed: int = 0
     """Random seed for texts, voices, settings and teacher motion."""
 
 
-def make_clip(voice: Voice | None, rng: np.random.Generator, config: CorpusConfig, work: Path) -> tuple:
-    """(audio [N], motion, metadata) of one utterance (voice None: a noise/silence clip)."""
+#: Range of the vocal-tract-length perturbation factor (>1: higher pitch and formants, faster).
+VOICE_SHIFT = (0.88, 1.25)
+
+
+def shift_voice(audio: np.ndarray, phones: list[Phone], factor: float) -> tuple[np.ndarray, list[Phone]]:
+    """Play `audio` `factor` times faster (frequencies × factor, times ÷ factor) and move its phones to match."""
+    shifted = resample_to(audio, int(round(SAMPLE_RATE * factor)), SAMPLE_RATE)
+    scale = audio.size / max(shifted.size, 1)  # the exact time scale of the resampled signal
+    moved = [Phone(p.label, p.start / scale, p.end / scale) for p in phones]
+    if moved:
+        end = shifted.size / SAMPLE_RATE
+        moved[-1] = Phone(moved[-1].label, moved[-1].start, max(end, moved[-1].start))
+    return shifted, moved
+
+
+def make_clip(
+    voice: Voice | None, rng: np.random.Generator, config: CorpusConfig, work: Path, augment: bool = True
+) -> tuple:
+    """(audio [N], motion, metadata) of one utterance (voice None: a noise/silence clip); `augment` allows
+    the voice shift (held-out clips are left as the engine made them)."""
     emotion = str(rng.choice(EMOTIONS)) if rng.random() < 0.4 else "neutral"
     controls = {
         "seed": int(rng.integers(0, 2**31)),
@@ -247,6 +269,10 @@ def make_clip(voice: Voice | None, rng: np.random.Generator, config: CorpusConfi
     else:
         text = random_sentence(rng)
         speech, phones, settings = synthesize(voice, text, rng, work)
+        if augment and rng.random() < config.voice_shift_share:
+            factor = float(rng.uniform(*VOICE_SHIFT))
+            speech, phones = shift_voice(speech, phones, factor)
+            settings["voice_shift"] = factor
         lead_n, tail_n = (rng.uniform(0.05, 0.7, size=2) * SAMPLE_RATE).astype(int)
         audio = np.concatenate([np.zeros(lead_n), speech, np.zeros(tail_n)])
         phones = shift_phones(phones, lead_n / SAMPLE_RATE, audio.size / SAMPLE_RATE)
@@ -310,7 +336,7 @@ def build_corpus(out: Path, config: CorpusConfig, progress: bool = True) -> Path
         for i, (split, voice) in enumerate(tqdm(plan, desc="synthesising", disable=not progress)):
             clip_rng = np.random.default_rng([config.seed, i])
             try:
-                audio, motion, meta = make_clip(voice, clip_rng, config, Path(tmp))
+                audio, motion, meta = make_clip(voice, clip_rng, config, Path(tmp), augment=split == "train")
             except HeadsplatError as err:
                 failures += 1
                 tqdm.write(f"skipped clip {i} ({voice.id if voice else 'noise'}): {err}")
@@ -342,12 +368,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="utterances by held-out voices (evaluation only)")  # fmt: skip
     parser.add_argument("--noise-share", type=float, default=CorpusConfig.noise_share,
                         help="share of non-speech/silence clips labelled with idle motion")  # fmt: skip
+    parser.add_argument("--voice-shift-share", type=float, default=CorpusConfig.voice_shift_share,
+                        help="share of training utterances with pitch and formants shifted (vocal-tract length)")  # fmt: skip
     parser.add_argument("--fps", type=float, default=CorpusConfig.fps, help="motion frame rate")
     parser.add_argument("--seed", type=int, default=CorpusConfig.seed, help="random seed")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"),
                         help="accepted for a uniform CLI; corpus building runs on the CPU")  # fmt: skip
     args = parser.parse_args(argv)
-    config = CorpusConfig(args.clips, args.held_out_clips, args.noise_share, args.fps, args.seed)
+    config = CorpusConfig(
+        args.clips, args.held_out_clips, args.noise_share, args.voice_shift_share, args.fps, args.seed
+    )
     try:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

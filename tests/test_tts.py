@@ -117,3 +117,17 @@ def test_tiny_corpus_has_exact_phones_for_every_speech_clip(tmp_path):
         assert e["settings"]["phones_from"] in ("espeak-ng", "flite")
         starts = [p[1] for p in e["phones"]]
         assert starts == sorted(starts) and e["phones"][0][0] == "SIL" and len(e["phones"]) > 5
+
+
+def test_voice_shift_scales_pitch_and_phone_times_together():
+    from pipelines.synth_corpus import shift_voice
+
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+    tone = (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
+    phones = [Phone("SIL", 0.0, 0.4), Phone("AA", 0.4, 1.0)]
+    shifted, moved = shift_voice(tone, phones, 1.25)
+    assert shifted.size == pytest.approx(SAMPLE_RATE / 1.25, abs=2)
+    spectrum = np.abs(np.fft.rfft(shifted))
+    assert np.fft.rfftfreq(shifted.size, 1 / SAMPLE_RATE)[spectrum.argmax()] == pytest.approx(250, abs=2)
+    assert moved[0] == Phone("SIL", 0.0, pytest.approx(0.32, abs=1e-3))
+    assert moved[-1].end == pytest.approx(shifted.size / SAMPLE_RATE)
