@@ -138,8 +138,9 @@ class PortraitAvatar:
         Order: the mesh-bound face, the rigid band, then (only while the lips are parted) the mouth
         interior: behind shut lips it is invisible but would still cost the renderer a pass over every
         mouth pixel. On the CPU the frame is posed by fused numba kernels (`gaussians_torch` is the same
-        in torch, used for CUDA and autograd). The opacities and colours returned are the avatar's own
-        tensors, shared between frames: do not modify them in place.
+        in torch, used for CUDA and autograd); its opacities and colours are concatenations cached with
+        the avatar (remade when the avatar's own change) and shared between frames: do not modify them
+        in place. The avatar's geometry is taken as fixed once built.
         """
         cpu = expression.device.type == "cpu" and self.rigid_means.device.type == "cpu"
         if cpu and not (expression.requires_grad or rotation.requires_grad or translation.requires_grad):
@@ -191,15 +192,21 @@ class PortraitAvatar:
             self.__dict__["_cpu_cache"] = cache
         # Opacities and colours in frame order, for both layouts (mouth drawn or not) at once; remade only
         # when they change (the avatar's build refines its colours between renders).
-        key = tuple((id(t), t._version) for t in (self.bound_opacities, self.bound_colors, self.rigid_colors))
-        if cache.get("key") != key:
+        sources = (self.bound_opacities, self.bound_colors, self.rigid_colors)
+        versions = tuple(t._version for t in sources)
+        known = cache.get("sources", ())
+        if (
+            len(known) != 3
+            or any(a is not b for a, b in zip(known, sources))
+            or cache["versions"] != versions
+        ):
             face = len(self.binding) - self.num_mouth
             ones = torch.ones(len(self.rigid_means))
             cache["opacities"] = torch.cat([self.bound_opacities[:face], ones, self.bound_opacities[face:]])
             cache["colors"] = torch.cat(
                 [self.bound_colors[:face], self.rigid_colors, self.bound_colors[face:]]
             )
-            cache["key"] = key
+            cache["sources"], cache["versions"] = sources, versions
         return cache
 
     def _gaussians_cpu(self, expression: Tensor, rotation: Tensor, translation: Tensor) -> Gaussians:

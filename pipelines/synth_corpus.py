@@ -239,12 +239,17 @@ VOICE_SHIFT = (0.88, 1.25)
 
 def shift_voice(audio: np.ndarray, phones: list[Phone], factor: float) -> tuple[np.ndarray, list[Phone]]:
     """Play `audio` `factor` times faster (frequencies × factor, times ÷ factor) and move its phones to match."""
+    if audio.size == 0:
+        return audio, list(phones)
     shifted = resample_to(audio, int(round(SAMPLE_RATE * factor)), SAMPLE_RATE)
     scale = audio.size / max(shifted.size, 1)  # the exact time scale of the resampled signal
-    moved = [Phone(p.label, p.start / scale, p.end / scale) for p in phones]
-    if moved:
-        end = shifted.size / SAMPLE_RATE
-        moved[-1] = Phone(moved[-1].label, moved[-1].start, max(end, moved[-1].start))
+    end = shifted.size / SAMPLE_RATE
+    moved = [Phone(p.label, min(p.start / scale, end), min(p.end / scale, end)) for p in phones]
+    moved = [p for p in moved if p.end > p.start]
+    if moved and moved[-1].end < end:  # the length rounds: widen a closing silence, or add one
+        last = moved[-1]
+        tail = [Phone("SIL", last.start, end)] if last.label == "SIL" else [last, Phone("SIL", last.end, end)]
+        moved[-1:] = tail
     return shifted, moved
 
 

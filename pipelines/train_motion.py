@@ -366,9 +366,12 @@ def load_checkpoint(
     """Restore a `save_checkpoint` file; returns the step to continue from."""
     from safetensors.torch import load_file
 
-    tensors = load_file(str(require_file(path, "checkpoint")))
-    net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
-    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    try:
+        tensors = load_file(str(require_file(path, "checkpoint")))
+        net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+        ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    except (RuntimeError, OSError, ValueError) as err:
+        raise HeadsplatError(f"cannot resume from {path.name}: {str(err).splitlines()[0]}") from err
     for i, (name, _) in enumerate(net.named_parameters()):
         param = optimizer.param_groups[0]["params"][i]
         if f"opt.{name}.exp_avg" in tensors:
@@ -409,6 +412,13 @@ def train(clips: Sequence[Clip], config: TrainConfig, eval_clips: Sequence[Clip]
     model_config = config.model if config.model.audio_dim == audio_dim else MotionModelConfig(
         **{**config.model.to_dict(), "audio_dim": audio_dim})  # fmt: skip
     config = TrainConfig(**{**asdict(config), "model": model_config})
+    if resume is not None:  # the checkpoint's own architecture, whatever --width/--depth say now
+        try:
+            saved = json.loads(require_file(resume, "checkpoint").with_suffix(".json").read_text())
+            model_config = MotionModelConfig.from_dict(saved["train"]["model"])
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+            raise HeadsplatError(f"{resume.name} has no readable .json beside it ({err})") from err
+        config = TrainConfig(**{**asdict(config), "model": model_config})
     if init is not None:
         if init.config.audio_dim != audio_dim:
             raise HeadsplatError(
@@ -487,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])  # fmt: skip
     parser.add_argument("--corpus", type=Path, help="synthetic corpus folder (pipelines.synth_corpus)")
     parser.add_argument("--pairs", type=Path, help="folder of audio+motion files, or a .jsonl/.csv manifest")
-    parser.add_argument("--videos", type=Path, help="folder of talking-head videos (needs --tracker)")
+    parser.add_argument("--videos", type=Path, help="folder of talking-head videos (tracked by --tracker)")
     parser.add_argument("--tracker", default="pipelines.track:track_video",
                         help="MODULE:FUNCTION turning a video path into a Motion (default: the face tracker)")  # fmt: skip
     parser.add_argument(
@@ -531,6 +541,11 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed, model=MotionModelConfig(width=args.width, depth=args.depth),
         )  # fmt: skip
         torch.set_num_threads(config.threads)
+        init = None
+        if args.init:  # before the data: a bad path fails at once
+            from pipelines.audio_to_motion import load_model
+
+            init = load_model(args.init).train()
         train_clips, eval_clips = [], []
         if args.corpus:
             t, h = corpus_clips(args.corpus, config.fps, relabel=args.relabel)
@@ -541,11 +556,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.videos:
             train_clips += video_clips(args.videos, resolve_tracker(args.tracker), config.fps)
         checkpoint = args.checkpoint or args.out.with_name(args.out.stem + ".checkpoint.safetensors")
-        init = None
-        if args.init:
-            from pipelines.audio_to_motion import load_model
-
-            init = load_model(args.init).train()
         net, meta = train(
             train_clips, config, eval_clips, checkpoint=checkpoint, resume=args.resume, init=init
         )

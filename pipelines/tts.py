@@ -147,7 +147,7 @@ _CALLBACK = ctypes.CFUNCTYPE(
     ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_EspeakEvent)
 )
 _EVENT_END_OF_LIST, _EVENT_PHONEME = 0, 7
-_AUDIO_OUTPUT_SYNCHRONOUS, _INIT_PHONEME_EVENTS, _CHARS_UTF8 = 2, 1, 1
+_AUDIO_OUTPUT_SYNCHRONOUS, _INIT_PHONEME_EVENTS, _INIT_DONT_EXIT, _CHARS_UTF8 = 2, 0x0001, 0x8000, 1
 _RATE, _PITCH = 1, 3
 
 
@@ -163,9 +163,9 @@ class _Espeak:
             self.lib = ctypes.CDLL(name)
         except OSError as err:
             raise HeadsplatError("espeak-ng's library is not installed (apt install espeak-ng)") from err
-        self.sample_rate = self.lib.espeak_Initialize(
-            _AUDIO_OUTPUT_SYNCHRONOUS, 0, None, _INIT_PHONEME_EVENTS
-        )
+        # Without DONT_EXIT, a failed initialisation (no espeak-ng-data) would end the whole process.
+        options = _INIT_PHONEME_EVENTS | _INIT_DONT_EXIT
+        self.sample_rate = self.lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, None, options)
         if self.sample_rate <= 0:
             raise HeadsplatError("espeak-ng failed to initialise (is espeak-ng-data installed?)")
         self.lib.espeak_Synth.argtypes = [
@@ -180,9 +180,10 @@ class _Espeak:
 
     @classmethod
     def get(cls) -> _Espeak:
-        if cls._instance is None:
-            cls._instance = cls()
-        return cls._instance
+        with cls._lock:
+            if cls._instance is None:
+                cls._instance = cls()
+            return cls._instance
 
     def _on_audio(self, wav, num_samples, events) -> int:  # noqa: ANN001 (ctypes pointers)
         if num_samples > 0 and wav:
@@ -265,7 +266,8 @@ def include_stop_closures(audio: np.ndarray, phones: list[Phone], max_share: flo
             continue
         if stop.label not in _UNVOICED_STOPS or prev.label == "SIL":
             continue
-        lo, hi = int(prev.start * 200), min(int(round(stop.start * 200)), n)
+        # Frames wholly before the burst: the one holding the burst is loud and would stop the search.
+        lo, hi = int(prev.start * 200), min(int(stop.start * 200), n)
         if hi - lo < 2:
             continue
         floor = energy[lo:hi].max() - 20.0

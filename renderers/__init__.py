@@ -11,13 +11,14 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
 from .camera import Camera, orbit_cameras
-from .compositing import composite_over, paste_back, paste_weight
+from .compositing import FramePaster, composite_over, paste_back, paste_weight
 from .gaussians import Gaussians
 from .ply import read_ply, write_ply, write_splat
 from .rasterize import RenderOutput, rasterize
 
 __all__ = [
     "Camera",
+    "FramePaster",
     "Gaussians",
     "RenderOutput",
     "composite_over",

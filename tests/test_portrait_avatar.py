@@ -153,11 +153,15 @@ def test_pose_composes_like_the_face_tracker(avatar):
 
 
 @pytest.mark.parametrize("jaw", [0.0, 0.6])
-def test_cpu_kernels_pose_the_frame_like_the_torch_path(avatar, jaw):
+def test_cpu_kernels_pose_the_frame_like_the_torch_path(avatar, jaw, monkeypatch):
+    from models.mesh_binding import MeshBinding
+
     expression = _frame(avatar, jawOpen=jaw, mouthSmile_L=0.3, eyeBlink_R=0.5)
     rotation, translation = torch.tensor([0.08, -0.15, 0.04]), torch.tensor([0.4, -0.3, 0.6])
     fast = avatar.gaussians(expression, rotation, translation)
-    slow = avatar.gaussians_torch(expression, rotation, translation)
+    with monkeypatch.context() as m:  # the reference all in torch, binding included
+        m.setattr(MeshBinding, "pose", MeshBinding.pose_torch)
+        slow = avatar.gaussians_torch(expression, rotation, translation)
     face = len(avatar.binding) - avatar.num_mouth
     expected = face + len(avatar.rigid_means) + (avatar.num_mouth if jaw > 0 else 0)
     assert len(fast.means) == len(slow.means) == expected

@@ -58,7 +58,22 @@ def test_corpus_training_then_fine_tuning_then_resuming(corpus, tmp_path, capsys
     checkpoint = out.with_name("m.checkpoint.safetensors")
     assert checkpoint.exists()
     code = main(
-        ["--corpus", str(corpus), "--resume", str(checkpoint), "--out", str(out), "--steps", "9", *TINY]
+        [
+            "--corpus",
+            str(corpus),
+            "--resume",
+            str(checkpoint),
+            "--out",
+            str(out),
+            "--steps",
+            "9",
+            "--width",
+            "64",
+            "--threads",
+            "1",
+            "--batch-size",
+            "4",
+        ]  # the checkpoint's architecture wins over --width given again
     )
     assert code == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 9

@@ -48,13 +48,19 @@ def test_unvoiced_stop_takes_the_closure_silence_before_its_burst():
     sr = SAMPLE_RATE
     vowel = 0.3 * np.sin(2 * np.pi * 200 * np.arange(int(0.2 * sr)) / sr)
     closure = np.zeros(int(0.06 * sr))
-    burst = 0.2 * np.random.default_rng(0).standard_normal(int(0.02 * sr))
-    audio = np.concatenate([vowel, closure, burst, vowel]).astype(np.float32)
+    burst_noise = 0.2 * np.random.default_rng(0).standard_normal(int(0.02 * sr))
+    audio = np.concatenate([vowel, closure, burst_noise, vowel]).astype(np.float32)
     # The synthesiser puts the /p/ at its burst (0.26 s); the silent closure 0.20-0.26 s belongs to it.
     phones = [Phone("AE", 0.0, 0.26), Phone("P", 0.26, 0.28), Phone("AH", 0.28, 0.48)]
     fixed = include_stop_closures(audio, phones)
     assert fixed[1].label == "P" and abs(fixed[1].start - 0.20) <= 0.006 and fixed[0].end == fixed[1].start
     assert fixed[2] == phones[2]
+    # Bursts between the 5 ms analysis frames are found as well (the frame holding the burst is loud).
+    for burst in (0.2613, 0.2626, 0.2638, 0.2649):
+        n_closure = int(round((burst - 0.2) * sr))
+        shifted = np.concatenate([vowel, np.zeros(n_closure), burst_noise, vowel]).astype(np.float32)
+        moved = include_stop_closures(shifted, [Phone("AE", 0.0, burst), Phone("P", burst, burst + 0.02)])
+        assert abs(moved[1].start - 0.20) <= 0.006, (burst, moved[1].start)
     # Voiced or non-stop phones keep their times; a /b/ after a pause takes up to 50 ms of it.
     assert include_stop_closures(audio, [phones[0], Phone("N", 0.26, 0.28), phones[2]])[1].start == 0.26
     lead = include_stop_closures(audio, [Phone("SIL", 0.0, 0.3), Phone("B", 0.3, 0.35)])
@@ -131,3 +137,6 @@ def test_voice_shift_scales_pitch_and_phone_times_together():
     assert np.fft.rfftfreq(shifted.size, 1 / SAMPLE_RATE)[spectrum.argmax()] == pytest.approx(250, abs=2)
     assert moved[0] == Phone("SIL", 0.0, pytest.approx(0.32, abs=1e-3))
     assert moved[-1].end == pytest.approx(shifted.size / SAMPLE_RATE)
+    assert all(a.end == b.start for a, b in zip(moved, moved[1:]))
+    empty, same = shift_voice(np.zeros(0, np.float32), phones, 1.1)
+    assert empty.size == 0 and same == phones
