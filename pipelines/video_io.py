@@ -125,6 +125,7 @@ class VideoWriter:
                 output_params=output_params,
                 audio_path=self.audio,
                 audio_codec="aac" if self.audio else None,
+                ffmpeg_log_level="error",  # not its chatter ("Guessed Channel Layout") on the user's console
             )
             self._gen.send(None)
         elif (w, h) != self._size:

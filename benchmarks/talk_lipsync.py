@@ -1,0 +1,96 @@
+"""Talk's lip sync measured on its own output video by the face tracker; prints one JSON line.
+
+    PYTHONPATH=. python benchmarks/talk_lipsync.py [--size 512]
+
+Talk runs on the shipped portrait and speech with the head held still (`--still`), so every frame is a
+head-still frame. MediaPipe landmarks are then tracked in the mp4 (one fixed face crop for all frames, so
+the tracker's own crop-to-crop wobble is not counted):
+
+- lip_correlation: Pearson's r between the tracked lip gap (inner-lip landmarks 13/14 over the eye
+  distance) and the driving motion's mouth opening (`models.visemes.mouth_opening`).
+- pbm_closed_share: share of the speech's p/b/m phones (exact timings from flite, which made the shipped
+  sample) during which (±1 frame) the tracked gap falls into the lowest quarter of its range.
+- jitter_px: RMS distance of eye corners, nose tip and bridge from their 5-frame moving average, in
+  pixels of the video (slow drift is not jitter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from models.visemes import mouth_opening
+from pipelines.audio_io import load_audio
+from pipelines.motion_io import load_motion
+from pipelines.talk import DEFAULT_AUDIO, TalkConfig, talk
+
+#: The shipped speech sample's text (assets/defaults/README.md).
+TEXT = (
+    "Hello! I am a talking head made of Gaussian splats. Give me a photo and some speech, "
+    "and I will say it back to you."
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=512, help="Talk's render size")
+    args = parser.parse_args()
+
+    from models.face_tracker import FaceTracker
+    from pipelines.tts import flite_speak
+    from pipelines.video_io import read_video
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out, saved = Path(tmp) / "talk.mp4", Path(tmp) / "motion.npz"
+        talk(TalkConfig(output=str(out), size=args.size, still=True, save_motion=str(saved), progress=False))
+        motion = load_motion(saved)
+        tracker = FaceTracker()
+        gap, points, roi = [], [], None
+        for frame in read_video(out):
+            roi = roi or tracker.faces(frame)[0].roi
+            marks = tracker.landmarks(frame, roi)
+            p = marks.points
+            gap.append(np.linalg.norm(p[14, :2] - p[13, :2]) / marks.inter_ocular)
+            points.append(p[[33, 263, 1, 168], :2])
+    gap = np.asarray(gap)
+    n = min(len(gap), motion.num_frames)
+    gap, driven = gap[:n], mouth_opening(motion.expression)[:n]
+
+    speech, phones = flite_speak(TEXT, "slt")
+    shipped = load_audio(DEFAULT_AUDIO)
+    same_audio = abs(speech.size - shipped.size) <= 0.01 * shipped.size
+    low = gap.min() + 0.25 * np.ptp(gap)
+    closed = total = 0
+    for ph in phones if same_audio else []:
+        if ph.label in ("P", "B", "M"):
+            lo, hi = max(0, math.floor(ph.start * motion.fps) - 1), min(n, math.ceil(ph.end * motion.fps) + 2)
+            total += 1
+            closed += int(gap[lo:hi].min() <= low)
+
+    pts = np.asarray(points)[:n]
+    kernel = np.ones(5) / 5
+    smooth = np.apply_along_axis(lambda x: np.convolve(x, kernel, mode="same"), 0, pts)
+    jitter = np.linalg.norm((pts - smooth)[2:-2], axis=-1)
+    print(
+        json.dumps(
+            {
+                "benchmark": "talk_lipsync",
+                "size": args.size,
+                "frames": int(n),
+                "lip_correlation": round(float(np.corrcoef(gap, driven)[0, 1]), 3),
+                "pbm_closed_share": round(closed / total, 3) if total else None,
+                "pbm_phones": total,
+                "jitter_px": round(float(np.sqrt((jitter**2).mean())), 3),
+                "phones_match_shipped_audio": bool(same_audio),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
