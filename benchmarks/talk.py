@@ -1,6 +1,7 @@
 """Talk speed: avatar build time and the real-time factor of portrait + speech → mp4; prints one JSON line.
 
     python benchmarks/talk.py                       # shipped portrait and speech, 512² crop, CPU
+    python benchmarks/talk.py --size auto           # the crop at its size in the photo (Talk's default)
     python benchmarks/talk.py --seconds 600         # 10 minutes of speech (the sample looped): memory stays flat
     python benchmarks/talk.py --sheet out.png       # also save a contact sheet of frames
 
@@ -56,26 +57,29 @@ def main() -> None:
     )
     parser.add_argument("--image", default=str(DEFAULT_PORTRAIT))
     parser.add_argument("--audio", default=str(DEFAULT_AUDIO))
-    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument(
+        "--size", default="512", help="render size, or 'auto' (Talk's default: the crop's size)"
+    )
     parser.add_argument("--seconds", type=float, default=0.0, help="loop the audio to this length (0: as is)")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--sheet", help="save a contact sheet PNG of 8 frames here")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = parser.parse_args()
     torch.set_num_threads(1)
+    size = None if args.size == "auto" else int(args.size)
 
     photo = load_image(args.image)
     head = HeadModel()
     # Warm-up (numba compilation, model loading) on a first build; then time a fresh build.
     fit = fit_portrait(photo)
     build_portrait_avatar(
-        photo, fit.to_identity(), fit.expression, head, PortraitAvatarConfig(crop_size=args.size)
+        photo, fit.to_identity(), fit.expression, head, PortraitAvatarConfig(crop_size=size)
     )
     start = time.perf_counter()
     fit = fit_portrait(photo)
     fit_s = time.perf_counter() - start
     avatar = build_portrait_avatar(
-        photo, fit.to_identity(), fit.expression, head, PortraitAvatarConfig(crop_size=args.size)
+        photo, fit.to_identity(), fit.expression, head, PortraitAvatarConfig(crop_size=size)
     )
     build_s = time.perf_counter() - start
     if args.device == "cuda":
@@ -116,7 +120,7 @@ def main() -> None:
             {
                 "benchmark": "talk",
                 "device": args.device,
-                "size": args.size,
+                "size": avatar.camera.width,
                 "gaussians": avatar.num_gaussians,
                 "audio_s": round(duration, 2),
                 "frames": motion.num_frames,

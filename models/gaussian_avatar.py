@@ -52,8 +52,9 @@ REFERENCE_SKIN_RGB = (0.72, 0.58, 0.50)
 class PortraitAvatarConfig:
     """How a portrait avatar is built."""
 
-    crop_size: int = 512
-    """Side of the square crop the avatar is drawn in, pixels."""
+    crop_size: int | None = 512
+    """Side of the square crop the avatar is drawn in, pixels; None: the crop's own size in the photo,
+    between 64 and AUTO_CROP_MAX (frames are pasted back at that size, so more pixels would be wasted)."""
     crop_scale: float = 1.35
     """Crop side relative to the projected head's larger extent (leaves room for hair and motion)."""
     margin: float = 0.05
@@ -388,6 +389,15 @@ def project_points(points: Tensor, camera: Camera) -> Tensor:
     return torch.cat([xy, z], dim=-1)
 
 
+#: The largest render size `PortraitAvatarConfig(crop_size=None)` picks.
+AUTO_CROP_MAX = 512
+
+
+def auto_crop_size(box: tuple[float, float, float, float]) -> int:
+    """Render size for a crop box (x0, y0, x1, y1): its side in photo pixels, kept within [64, AUTO_CROP_MAX]."""
+    return int(np.clip(round(float(box[2] - box[0])), 64, AUTO_CROP_MAX))
+
+
 def crop_box_for_head(
     points_px: np.ndarray, image_size: tuple[int, int], scale: float
 ) -> tuple[float, float, float, float]:
@@ -436,7 +446,6 @@ def build_portrait_avatar(
     """Build the portrait avatar of a fitted photo (see the module docstring for what goes in)."""
     cfg = config or PortraitAvatarConfig()
     check_portrait(image, identity)
-    size = cfg.crop_size
     ident = torch.from_numpy(identity.coefficients)[None]
     rest_expr = torch.from_numpy(np.asarray(rest_expression, np.float32).reshape(1, NUM_EXPRESSIONS))
     rest_rot = torch.from_numpy(identity.rotation)[None]
@@ -452,6 +461,7 @@ def build_portrait_avatar(
     if np.any(head_px[:, 2] <= 0):
         raise HeadsplatError("the fitted head is behind the camera; the fit failed")
     box = crop_box_for_head(head_px[:, :2], identity.image_size, cfg.crop_scale)
+    size = cfg.crop_size if cfg.crop_size is not None else auto_crop_size(box)
     camera = portrait_camera(identity, box, size)
     crop = crop_image(image, box, size)
 

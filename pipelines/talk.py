@@ -57,8 +57,9 @@ class TalkConfig:
     """Where the mp4 goes (written atomically)."""
     fps: float = 25.0
     """Frames per second of the video."""
-    size: int = 512
-    """Side of the square face crop the avatar is rendered at, pixels."""
+    size: int | None = None
+    """Side of the square face crop the avatar is rendered at, pixels; None: the face crop's own size in
+    the photo, at most 512 (frames are pasted back at that size; a bigger render is only downsampled)."""
     steps: int = 3
     """Sampling steps of the motion diffusion model (0: the rule-based teacher alone)."""
     seed: int = 0
@@ -271,7 +272,7 @@ def check_config(cfg: TalkConfig) -> Path:
         raise HeadsplatError(f"output folder does not exist: {out.parent}")
     if not (cfg.fps > 0 and cfg.fps <= 120):
         raise HeadsplatError(f"fps must be in (0, 120]; got {cfg.fps}")
-    if not 64 <= cfg.size <= 2048:
+    if cfg.size is not None and not 64 <= cfg.size <= 2048:
         raise HeadsplatError(f"size must be between 64 and 2048 pixels; got {cfg.size}")
     return out
 
@@ -364,7 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", default="talk.mp4", help="output .mp4 (default: talk.mp4)")
     add_motion_arguments(parser, "portrait")
     parser.add_argument(
-        "--size", type=int, default=512, help="render size of the face crop in pixels (default: 512)"
+        "--size",
+        type=int,
+        default=None,
+        help="render size of the face crop in pixels (default: the crop's size in the photo, at most 512)",
     )
     parser.add_argument(
         "--crop", action="store_true", help="write the square face crop instead of the full photo"

@@ -201,3 +201,21 @@ def test_frames_can_be_made_from_several_threads_at_once(avatar):
         np.testing.assert_array_equal(
             frame, avatar.render(torch.zeros(NUM_EXPRESSIONS), r, zero, backend="cpu")
         )
+
+
+def test_automatic_crop_size_is_the_crop_box_in_photo_pixels(head, photo):
+    from models.gaussian_avatar import AUTO_CROP_MAX, auto_crop_size
+
+    assert auto_crop_size((10.0, 20.0, 210.4, 220.4)) == 200
+    assert (
+        auto_crop_size((0.0, 0.0, 30.0, 30.0)) == 64 and auto_crop_size((0, 0, 3000, 3000)) == AUTO_CROP_MAX
+    )
+    identity = Identity(
+        np.zeros(50), [0.0, 0.0, 0.0], [0.0, -1.0, -110.0], 1000.0, (photo.shape[1], photo.shape[0])
+    )  # a head far away: a small face in the photo
+    built = build_portrait_avatar(
+        photo, identity, np.zeros(NUM_EXPRESSIONS), head, PortraitAvatarConfig(crop_size=None)
+    )
+    side = built.crop_box[2] - built.crop_box[0]
+    assert built.camera.width == built.camera.height == round(side) < AUTO_CROP_MAX
+    assert built.background.shape[:2] == (round(side), round(side))
