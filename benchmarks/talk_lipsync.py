@@ -41,23 +41,14 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="Talk's render size")
     args = parser.parse_args()
 
-    from models.face_tracker import FaceTracker
+    from pipelines.track import landmark_jitter, lip_gap_and_anchors
     from pipelines.tts import flite_speak
-    from pipelines.video_io import read_video
 
     with tempfile.TemporaryDirectory() as tmp:
         out, saved = Path(tmp) / "talk.mp4", Path(tmp) / "motion.npz"
         talk(TalkConfig(output=str(out), size=args.size, still=True, save_motion=str(saved), progress=False))
         motion = load_motion(saved)
-        tracker = FaceTracker()
-        gap, points, roi = [], [], None
-        for frame in read_video(out):
-            roi = roi or tracker.faces(frame)[0].roi
-            marks = tracker.landmarks(frame, roi)
-            p = marks.points
-            gap.append(np.linalg.norm(p[14, :2] - p[13, :2]) / marks.inter_ocular)
-            points.append(p[[33, 263, 1, 168], :2])
-    gap = np.asarray(gap)
+        gap, points = lip_gap_and_anchors(out)
     n = min(len(gap), motion.num_frames)
     gap, driven = gap[:n], mouth_opening(motion.expression)[:n]
 
@@ -72,10 +63,6 @@ def main() -> None:
             total += 1
             closed += int(gap[lo:hi].min() <= low)
 
-    pts = np.asarray(points)[:n]
-    kernel = np.ones(5) / 5
-    smooth = np.apply_along_axis(lambda x: np.convolve(x, kernel, mode="same"), 0, pts)
-    jitter = np.linalg.norm((pts - smooth)[2:-2], axis=-1)
     print(
         json.dumps(
             {
@@ -85,7 +72,7 @@ def main() -> None:
                 "lip_correlation": round(float(np.corrcoef(gap, driven)[0, 1]), 3),
                 "pbm_closed_share": round(closed / total, 3) if total else None,
                 "pbm_phones": total,
-                "jitter_px": round(float(np.sqrt((jitter**2).mean())), 3),
+                "jitter_px": round(landmark_jitter(points[:n]), 3),
                 "phones_match_shipped_audio": bool(same_audio),
             }
         )

@@ -293,7 +293,7 @@ def _clean_label(name: str) -> str | None:
     return None
 
 
-def _merge(phones: list[Phone]) -> list[Phone]:
+def merge_silences(phones: list[Phone]) -> list[Phone]:
     """Join neighbouring silences; drop zero-length entries."""
     out: list[Phone] = []
     for p in phones:
@@ -303,6 +303,21 @@ def _merge(phones: list[Phone]) -> list[Phone]:
             out[-1] = Phone("SIL", out[-1].start, p.end)
         else:
             out.append(p)
+    return out
+
+
+def pad_silence(phones: list[Phone], start: float, end: float) -> list[Phone]:
+    """`phones` with silence filling [start, first phone) and [last phone, end) (no phones: one silence).
+
+    Nothing is merged: follow with `merge_silences` where neighbouring silences should become one.
+    """
+    if not phones:
+        return [Phone("SIL", start, end)] if end > start else []
+    out = list(phones)
+    if out[0].start > start:
+        out.insert(0, Phone("SIL", start, out[0].start))
+    if out[-1].end < end:
+        out.append(Phone("SIL", out[-1].end, end))
     return out
 
 
@@ -323,7 +338,7 @@ def recognize_phones(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> list[
         label = _clean_label(seg.word)
         if label is not None:
             phones.append(Phone(label, seg.start_frame / 100.0, (seg.end_frame + 1) / 100.0))
-    return _merge(phones)
+    return merge_silences(phones)
 
 
 _CMUDICT: dict[str, str] | None = None
@@ -440,7 +455,7 @@ def align_phones(audio: np.ndarray, transcript: str, sample_rate: int = SAMPLE_R
             label = _clean_label(name)
             if label is not None:
                 phones.append(Phone(label, start / 100.0, (start + duration) / 100.0))
-    return _merge(phones)
+    return merge_silences(phones)
 
 
 def block_energy_db(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:

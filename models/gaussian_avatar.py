@@ -175,6 +175,7 @@ class PortraitAvatar:
         cache = self.__dict__.get("_cpu_cache")
         if cache is None:
             head = self.head
+            face = len(self.binding) - self.num_mouth
             with torch.no_grad():
                 id_shape = head.shape(self.identity, torch.zeros(1, NUM_EXPRESSIONS))[0]
             cache = {
@@ -189,6 +190,9 @@ class PortraitAvatar:
                 "rigid_quats": np.ascontiguousarray(self.rigid_quats.numpy(), np.float32),
                 "rigid_weights": np.ascontiguousarray(self.rigid_weights.numpy(), np.float32),
                 "rigid_scales": np.ascontiguousarray(self.rigid_scales.numpy(), np.float32),
+                # The bound set in two parts, each posed into its own rows of the frame.
+                "face_binding": self.binding.subset(torch.arange(face)),
+                "mouth_binding": self.binding.subset(torch.arange(face, len(self.binding))),
             }
             self.__dict__["_cpu_cache"] = cache
         # Opacities and colours in frame order, for both layouts (mouth drawn or not) at once; remade only
@@ -229,11 +233,10 @@ class PortraitAvatar:
         means = np.empty((n, 3), np.float32)
         quats = np.empty((n, 4), np.float32)
         scales = np.empty((n, 3), np.float32)
-        face_binding, mouth_binding = self._split_binding()
-        face_binding.pose_into(vertices, c["triangles"], means[:face], quats[:face], scales[:face])
+        c["face_binding"].pose_into(vertices, c["triangles"], means[:face], quats[:face], scales[:face])
         if lips_apart:
             rows = slice(face + nr, n)
-            mouth_binding.pose_into(vertices, c["triangles"], means[rows], quats[rows], scales[rows])
+            c["mouth_binding"].pose_into(vertices, c["triangles"], means[rows], quats[rows], scales[rows])
         rot, shift = self.rigid_transform(rotation.float()[None], translation.float()[None])
         with PARALLEL_LOCK:
             rigid_band(
@@ -245,18 +248,6 @@ class PortraitAvatar:
             torch.from_numpy(means), torch.from_numpy(quats), torch.from_numpy(scales),
             c["opacities"][:n], c["colors"][:n],
         )  # fmt: skip
-
-    def _split_binding(self) -> tuple[MeshBinding, MeshBinding]:
-        """(face, mouth interior) parts of the bound set, made on first use."""
-        cached = self.__dict__.get("_split_binding_cache")
-        if cached is None:
-            face = len(self.binding) - self.num_mouth
-            cached = (
-                self.binding.subset(torch.arange(face)),
-                self.binding.subset(torch.arange(face, len(self.binding))),
-            )
-            self.__dict__["_split_binding_cache"] = cached
-        return cached
 
     def lips_apart(self, vertices: Tensor) -> bool:
         """Whether the lips of a posed mesh [V, 3] are parted (see `lip_gaps`)."""

@@ -112,21 +112,18 @@ class MeshBinding:
         from renderers._cpu import PARALLEL_LOCK
 
         with PARALLEL_LOCK:
-            self._pose_locked(vertices, triangles, means, quats, scales)
-
-    def _pose_locked(self, vertices, triangles, means, quats, scales) -> None:  # noqa: ANN001
-        _pose_kernel(
-            vertices.astype(np.float32, copy=False),
-            triangles,
-            self.triangle.numpy(),
-            self.barycentric.numpy().astype(np.float32, copy=False),
-            self.offset.numpy().astype(np.float32, copy=False),
-            self.rotation.numpy().astype(np.float32, copy=False),
-            self.scale.numpy().astype(np.float32, copy=False),
-            means,
-            quats,
-            scales,
-        )
+            _pose_kernel(
+                vertices.astype(np.float32, copy=False),
+                triangles,
+                self.triangle.numpy(),
+                self.barycentric.numpy().astype(np.float32, copy=False),
+                self.offset.numpy().astype(np.float32, copy=False),
+                self.rotation.numpy().astype(np.float32, copy=False),
+                self.scale.numpy().astype(np.float32, copy=False),
+                means,
+                quats,
+                scales,
+            )
 
     def pose_torch(self, vertices: Tensor, triangles: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The differentiable, batched torch version of `pose`."""

@@ -23,7 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
-from models.audio import SAMPLE_RATE, Phone, align_phones, resample_to, speech_features
+from models.audio import (
+    SAMPLE_RATE,
+    Phone,
+    align_phones,
+    merge_silences,
+    pad_silence,
+    resample_to,
+    speech_features,
+)
 from models.errors import HeadsplatError
 from models.visemes import EMOTIONS, teacher_motion
 from pipelines.audio_io import load_audio, save_wav
@@ -181,17 +189,8 @@ def synthesize(
 
 def shift_phones(phones: list[Phone], lead: float, total: float) -> list[Phone]:
     """`phones` moved `lead` seconds later, with silence before them and after them up to `total` seconds."""
-    out = [Phone("SIL", 0.0, lead)] if lead > 0 else []
-    out += [Phone(p.label, p.start + lead, p.end + lead) for p in phones]
-    if out and out[-1].end < total:
-        out.append(Phone("SIL", out[-1].end, total))
-    merged: list[Phone] = []
-    for p in out:  # neighbouring silences become one
-        if merged and p.label == "SIL" and merged[-1].label == "SIL":
-            merged[-1] = Phone("SIL", merged[-1].start, p.end)
-        elif p.end > p.start:
-            merged.append(p)
-    return merged
+    moved = [Phone(p.label, p.start + lead, p.end + lead) for p in phones]
+    return merge_silences(pad_silence(moved, 0.0, total))
 
 
 def _noise(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -245,12 +244,8 @@ def shift_voice(audio: np.ndarray, phones: list[Phone], factor: float) -> tuple[
     scale = audio.size / max(shifted.size, 1)  # the exact time scale of the resampled signal
     end = shifted.size / SAMPLE_RATE
     moved = [Phone(p.label, min(p.start / scale, end), min(p.end / scale, end)) for p in phones]
-    moved = [p for p in moved if p.end > p.start]
-    if moved and moved[-1].end < end:  # the length rounds: widen a closing silence, or add one
-        last = moved[-1]
-        tail = [Phone("SIL", last.start, end)] if last.label == "SIL" else [last, Phone("SIL", last.end, end)]
-        moved[-1:] = tail
-    return shifted, moved
+    # The length rounds: a closing silence takes up the rest.
+    return shifted, merge_silences(pad_silence(moved, moved[0].start, end)) if moved else []
 
 
 def make_clip(

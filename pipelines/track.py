@@ -238,6 +238,38 @@ def track_video(
     return (relative, video.audio) if with_audio else relative
 
 
+def lip_gap_and_anchors(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame of a video: the lip gap [T] (MediaPipe inner-lip points 13/14, over the eye distance) and
+    the eye corners, nose tip and bridge [T, 4, 2] (points 33, 263, 1, 168) in pixels.
+
+    Every frame is read in the first frame's face crop, so what moves is the video, not the tracker's own
+    crop-to-crop wobble: this is how Talk's output is checked for lip sync and jitter.
+    """
+    tracker = FaceTracker()
+    gap, anchors, roi = [], [], None
+    for frame in read_video(path):
+        if roi is None:
+            faces = tracker.faces(frame)
+            if not faces:
+                raise HeadsplatError(f"no face in the first frame of {Path(path).name}")
+            roi = faces[0].roi
+        marks = tracker.landmarks(frame, roi)
+        p = marks.points
+        gap.append(np.linalg.norm(p[14, :2] - p[13, :2]) / marks.inter_ocular)
+        anchors.append(p[[33, 263, 1, 168], :2])
+    return np.asarray(gap), np.asarray(anchors)
+
+
+def landmark_jitter(points: np.ndarray, window: int = 5) -> float:
+    """RMS distance (pixels) of tracked points [T, K, 2] from their `window`-frame moving average: the
+    frame-to-frame shake, with slow, smooth drift left out."""
+    kernel = np.ones(window) / window
+    smooth = np.apply_along_axis(lambda x: np.convolve(x, kernel, mode="same"), 0, points)
+    half = window // 2
+    residual = np.linalg.norm((points - smooth)[half : len(points) - half], axis=-1)
+    return float(np.sqrt((residual**2).mean()))
+
+
 def _fill_gaps(raw: list[np.ndarray | None], found: np.ndarray) -> np.ndarray:
     """[T, N, C] landmarks with frames without a face linearly interpolated (held at the ends)."""
     seen = np.nonzero(found)[0]

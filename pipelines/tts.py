@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.audio import SAMPLE_RATE, Phone, _merge, resample_to
+from models.audio import SAMPLE_RATE, Phone, merge_silences, pad_silence, resample_to
 from models.errors import HeadsplatError
 
 # --------------------------------------------------------------------------------------------------
@@ -53,12 +53,7 @@ def flite_phones(printed: str, duration: float) -> list[Phone]:
         if end > start:
             phones.append(Phone(label, start, end))
         start = max(start, end)
-    if phones and phones[-1].end < duration:
-        last = phones[-1]
-        phones[-1] = Phone(last.label, last.start, duration) if last.label == "SIL" else last
-        if last.label != "SIL":
-            phones.append(Phone("SIL", last.end, duration))
-    return _merge(phones)
+    return merge_silences(pad_silence(phones, 0.0, duration)) if phones else []
 
 
 @functools.cache
@@ -231,11 +226,7 @@ def espeak_speak(
     for k, (mnemonic, start) in enumerate(events):
         end = events[k + 1][1] if k + 1 < len(events) else samples.size
         phones.append(Phone(espeak_label(mnemonic), start / sr, min(end / sr, duration)))
-    if not phones or phones[0].start > 0:
-        phones.insert(0, Phone("SIL", 0.0, phones[0].start if phones else duration))
-    if phones[-1].end < duration:
-        phones.append(Phone("SIL", phones[-1].end, duration))
-    return audio, _merge(include_stop_closures(audio, phones))
+    return audio, merge_silences(include_stop_closures(audio, pad_silence(phones, 0.0, duration)))
 
 
 # --------------------------------------------------------------------------------------------------

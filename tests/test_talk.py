@@ -72,8 +72,7 @@ def _lip_motion(frames=60, fps=25.0):
 def test_lips_in_the_video_follow_the_driving_motion_and_a_still_head_does_not_jitter(
     tmp_path, cache, capsys
 ):
-    from models.face_tracker import FaceTracker
-    from pipelines.video_io import read_video
+    from pipelines.track import landmark_jitter, lip_gap_and_anchors
 
     motion = _lip_motion()
     save_motion(motion, tmp_path / "lips.npz")
@@ -83,19 +82,8 @@ def test_lips_in_the_video_follow_the_driving_motion_and_a_still_head_does_not_j
         capsys,
     )
     assert code == 0, err
-    tracker = FaceTracker()
-    opening, eyes = [], []
-    roi = None
-    for frame in read_video(out):
-        # One fixed crop for every frame: the measured jitter is then the video's, not the tracker's
-        # own crop-to-crop wobble.
-        roi = roi or tracker.faces(frame)[0].roi
-        marks = tracker.landmarks(frame, roi)
-        p = marks.points
-        # MediaPipe: 13/14 inner upper/lower lip, 33/263 outer eye corners.
-        opening.append(np.linalg.norm(p[14, :2] - p[13, :2]) / marks.inter_ocular)
-        eyes.append(p[[33, 263, 1, 168], :2])
-    opening = np.asarray(opening)
+    # One fixed crop for every frame: the measured jitter is then the video's, not the tracker's own.
+    opening, anchors = lip_gap_and_anchors(out)
     driven = motion["jawOpen"][: len(opening)]
     assert np.corrcoef(opening, driven)[0, 1] >= 0.7
     # Lips close where the driver closes them: the opening at jaw-closed frames is near the smallest seen.
@@ -103,11 +91,7 @@ def test_lips_in_the_video_follow_the_driving_motion_and_a_still_head_does_not_j
     assert opening[closed].mean() < opening.min() + 0.3 * np.ptp(opening)
     # The head does not move in this motion: eye corners, nose tip and bridge do not jitter. Jitter is
     # what is left after a 5-frame moving average (slow, smooth drift is not jitter).
-    eyes = np.asarray(eyes)
-    kernel = np.ones(5) / 5
-    smooth = np.apply_along_axis(lambda x: np.convolve(x, kernel, mode="same"), 0, eyes)
-    jitter = np.linalg.norm((eyes - smooth)[2:-2], axis=-1)
-    assert float(np.sqrt((jitter**2).mean())) < 0.5
+    assert landmark_jitter(anchors) < 0.5
 
 
 def test_a_driving_video_reenacts_the_portrait(tmp_path, cache, capsys):
