@@ -33,37 +33,50 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-def _to_mono_16k(samples: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
-    if samples.ndim == 2:
-        samples = samples.mean(axis=1)
-    samples = samples.astype(np.float32, copy=False)
-    if sr != target_sr and samples.size:
-        import librosa
-
-        samples = librosa.resample(samples, orig_sr=sr, target_sr=target_sr).astype(np.float32)
-    return samples
+#: Frames read (and resampled) at a time: memory stays bounded by the 16 kHz result, whatever the file's
+#: rate and channel count (a 20-minute 48 kHz stereo wav would take 0.9 GB as one float array).
+_BLOCK_FRAMES = 1 << 18
 
 
 def _read_soundfile(path: Path, target_sr: int, max_seconds: float) -> np.ndarray | None:
-    """Samples via libsndfile, or None when libsndfile cannot read the file (ffmpeg gets a try)."""
+    """Mono samples at `target_sr` via libsndfile, or None when it cannot read the file (ffmpeg gets a try).
+
+    The file is read block by block: each block is checked for NaN/inf, mixed to mono and fed through one
+    streaming soxr resampler (the high-quality one librosa uses by default).
+    """
     import soundfile
 
     try:
         info = soundfile.info(str(path))
     except (RuntimeError, soundfile.LibsndfileError):
         return None
-    if info.samplerate <= 0:
+    if info.samplerate <= 0 or info.channels <= 0:
         return None
     if info.frames / info.samplerate > max_seconds:
         raise HeadsplatError(
             f"{path.name} is {info.frames / info.samplerate / 60:.0f} min long; the limit is "
             f"{max_seconds / 60:.0f} min: cut it into parts (or raise max_seconds)"
         )
+    resampler = None
+    if info.samplerate != target_sr:
+        import soxr
+
+        resampler = soxr.ResampleStream(info.samplerate, target_sr, 1, dtype="float32", quality="HQ")
+    pieces: list[np.ndarray] = []
     try:
-        samples, sr = soundfile.read(str(path), dtype="float32", always_2d=True)
+        with soundfile.SoundFile(str(path)) as fh:
+            while True:
+                block = fh.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
+                last = block.shape[0] < _BLOCK_FRAMES
+                if not np.all(np.isfinite(block)):
+                    raise HeadsplatError(f"{path.name} has NaN or infinite samples: the file is corrupt")
+                mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
+                pieces.append(mono.copy() if resampler is None else resampler.resample_chunk(mono, last=last))
+                if last:
+                    break
     except (RuntimeError, soundfile.LibsndfileError):
         return None
-    return _to_mono_16k(samples, sr, target_sr)
+    return np.concatenate(pieces).astype(np.float32, copy=False)
 
 
 def _read_ffmpeg(path: Path, target_sr: int, max_seconds: float) -> np.ndarray:

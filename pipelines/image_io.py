@@ -18,8 +18,14 @@ from models.errors import HeadsplatError
 from pipelines.files import atomic_output, require_file
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".jfif")
-#: Refuse images above this many pixels (a decompression bomb, or a scan far beyond what a face needs).
-MAX_PIXELS = 250_000_000
+#: The one size limit: images above this many pixels are refused before decoding (a decompression bomb,
+#: or a scan far beyond what a face needs). Below Pillow's own bomb error (2 × its MAX_IMAGE_PIXELS, 179 MP),
+#: whose warning we silence, so this is the only limit a user meets.
+MAX_PIXELS = 150_000_000
+#: Photos are analysed and rendered at most this many pixels on their long side by default (a larger photo
+#: is downscaled as it is decoded): a face needs far less, and the output video stays at a size players
+#: and encoders handle. `--max-side` changes it.
+DEFAULT_MAX_SIDE = 1920
 
 
 def to_rgb_uint8(array: np.ndarray, background: int = 255) -> np.ndarray:
@@ -73,18 +79,25 @@ def _pil_to_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"))  # CMYK, YCbCr, LAB, HSV, RGBX, ...
 
 
-def load_image(path: str | os.PathLike, background: int = 255) -> np.ndarray:
-    """Decode an image file to an upright RGB uint8 array [H, W, 3] (EXIF orientation applied)."""
+def load_image(path: str | os.PathLike, background: int = 255, max_side: int | None = None) -> np.ndarray:
+    """Decode an image file to an upright RGB uint8 array [H, W, 3] (EXIF orientation applied).
+
+    With `max_side`, a photo longer than that on either side is downscaled (aspect kept) while it is
+    decoded: JPEGs decode straight at a reduced scale, so memory stays bounded for any accepted photo.
+    """
     path = require_file(path, "image")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 if img.width * img.height > MAX_PIXELS:
                     raise HeadsplatError(
                         f"{path.name} is {img.width}×{img.height} pixels, above the {MAX_PIXELS:,} limit; "
                         "downscale it first"
                     )
+                scale = 1.0 if not max_side else min(1.0, max_side / max(img.width, img.height))
+                if scale < 1.0:  # JPEG: decode at 1/2, 1/4 or 1/8 scale, still at least the target size
+                    img.draft(None, (max(1, int(img.width * scale)), max(1, int(img.height * scale))))
                 img.load()  # decode now so truncated files fail here, not later
                 img = ImageOps.exif_transpose(img)
                 array = _pil_to_array(img)
@@ -98,7 +111,12 @@ def load_image(path: str | os.PathLike, background: int = 255) -> np.ndarray:
         ) from err
     except (OSError, SyntaxError, ValueError) as err:
         raise HeadsplatError(f"cannot read {path.name}: the file is damaged or truncated ({err})") from err
-    return to_rgb_uint8(array, background)
+    rgb = to_rgb_uint8(array, background)
+    if max_side and max(rgb.shape[:2]) > max_side:
+        scale = max_side / max(rgb.shape[:2])
+        size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+        rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0))
+    return rgb
 
 
 def is_image_path(path: str | os.PathLike) -> bool:

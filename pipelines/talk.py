@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import math
 import os
 import sys
 import tempfile
@@ -30,6 +31,7 @@ from models.gaussian_avatar import PortraitAvatar, PortraitAvatarConfig, build_p
 from models.head_model import HeadModel
 from models.latent import Motion
 from models.visemes import EMOTIONS
+from pipelines.image_io import DEFAULT_MAX_SIDE
 from renderers.compositing import FramePaster, paste_weight
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +39,8 @@ DEFAULT_PORTRAIT = ROOT / "assets" / "defaults" / "portrait.jpg"
 DEFAULT_AUDIO = ROOT / "assets" / "defaults" / "speech.wav"
 #: Bump when the avatar's contents change, so stale cached avatars are rebuilt.
 AVATAR_VERSION = 3
+#: Longer --text is refused (about 10 minutes of speech): synthesis and alignment grow with it.
+MAX_TEXT_CHARS = 10_000
 
 
 @dataclass
@@ -76,6 +80,9 @@ class TalkConfig:
     """No head movement and no gaze drift: only the face talks."""
     crop: bool = False
     """Write the square face crop instead of pasting it back into the full photo."""
+    max_side: int = DEFAULT_MAX_SIDE
+    """A photo longer than this (pixels) on either side is downscaled first, so the video is at most this
+    size and any photo takes bounded memory and time."""
     face_index: int = 0
     """Which face to animate when the photo has several (0 is the largest)."""
     device: str = "auto"
@@ -139,7 +146,7 @@ def prepare_avatar(cfg: TalkConfig, head: HeadModel | None = None) -> tuple[np.n
     from pipelines.image_io import load_image
 
     path = require_file(cfg.image, "portrait")
-    photo = load_image(path)
+    photo = load_image(path, max_side=cfg.max_side)
     head = head or HeadModel()
     cache = _cache_path(photo.tobytes() + str(photo.shape).encode(), cfg)
     if cache is not None and cache.exists():
@@ -161,26 +168,37 @@ def prepare_avatar(cfg: TalkConfig, head: HeadModel | None = None) -> tuple[np.n
 # ------------------------------------------------------------------------------------------------
 # Driver → motion
 def speak(text: str, out_wav: Path) -> Path:
-    """Speak `text` into a wav with espeak-ng or flite (whichever is installed)."""
+    """Speak `text` literally into a wav with espeak-ng or flite (whichever is installed).
+
+    The text goes to the synthesiser in a file, never on its command line, so text that starts with "-"
+    ("-5 degrees", or a hostile "-f/etc/passwd") is spoken as written and never read as an option.
+    """
     import shutil
     import subprocess
 
     if not text.strip():
         raise HeadsplatError("--text is empty")
+    if len(text) > MAX_TEXT_CHARS:
+        raise HeadsplatError(
+            f"--text is {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,}: split it, or pass --audio"
+        )
+    if "\0" in text:
+        raise HeadsplatError("--text contains a NUL character; give plain text")
+    text_file = out_wav.with_suffix(".txt")
+    text_file.write_text(text, encoding="utf-8")
     if shutil.which("espeak-ng"):
-        cmd = ["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(out_wav), text]
+        cmd = ["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(out_wav), "-f", str(text_file)]
     elif shutil.which("flite"):
-        cmd = ["flite", "-voice", "slt", "-t", text, "-o", str(out_wav)]
+        cmd = ["flite", "-voice", "slt", "-f", str(text_file), "-o", str(out_wav)]
     else:
         raise HeadsplatError(
             "--text needs a speech synthesiser: install espeak-ng or flite (e.g. apt-get install espeak-ng), "
             "or pass --audio"
         )
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
     if result.returncode != 0 or not out_wav.exists() or out_wav.stat().st_size < 100:
-        raise HeadsplatError(
-            f"speech synthesis failed: {(result.stderr or 'no output').strip().splitlines()[-1]}"
-        )
+        lines = (result.stderr or "no output").strip().splitlines() or ["no output"]
+        raise HeadsplatError(f"speech synthesis failed: {lines[-1]}")
     return out_wav
 
 
@@ -265,15 +283,27 @@ def render_frames(
 
 def check_config(cfg: TalkConfig) -> Path:
     """The output path, after the checks every Talk run makes before any work (suffix, folder, fps, size)."""
+    from pipelines.cli import check_output
+
     out = Path(cfg.output)
     if out.suffix.lower() != ".mp4":
         raise HeadsplatError(f"the output must be an .mp4 file; got {out.name!r}")
-    if not out.parent.is_dir() and str(out.parent) not in ("", "."):
-        raise HeadsplatError(f"output folder does not exist: {out.parent}")
+    inputs = (cfg.image, cfg.audio, cfg.motion, cfg.driving)
+    check_output(out, inputs)
+    if cfg.save_motion:
+        check_output(cfg.save_motion, (*inputs, out), what="--save-motion file")
     if not (cfg.fps > 0 and cfg.fps <= 120):
         raise HeadsplatError(f"fps must be in (0, 120]; got {cfg.fps}")
     if cfg.size is not None and not 64 <= cfg.size <= 2048:
         raise HeadsplatError(f"size must be between 64 and 2048 pixels; got {cfg.size}")
+    for name in ("expression_scale", "pose_scale", "blink_rate"):
+        value = getattr(cfg, name)
+        if not (math.isfinite(value) and 0 <= value <= 10):
+            raise HeadsplatError(f"--{name.replace('_', '-')} must be a number from 0 to 10; got {value}")
+    if cfg.face_index < 0:
+        raise HeadsplatError(f"--face-index must be 0 or more; got {cfg.face_index}")
+    if not 256 <= cfg.max_side <= 8192:
+        raise HeadsplatError(f"--max-side must be between 256 and 8192 pixels; got {cfg.max_side}")
     return out
 
 
@@ -292,8 +322,6 @@ def talk(cfg: TalkConfig, on_frame: Callable[[int, int], None] | None = None) ->
             raise HeadsplatError("the driver is too short to make a single frame")
         if device == "cuda":
             avatar = avatar.to("cuda")
-        if cfg.save_motion:
-            save_motion(motion, cfg.save_motion)
         frames = render_frames(photo, avatar, motion, crop=cfg.crop, backend=backend)
         bar = _progress(motion.num_frames, cfg.progress)
         with VideoWriter(out, motion.fps, audio=audio) as writer:
@@ -303,6 +331,8 @@ def talk(cfg: TalkConfig, on_frame: Callable[[int, int], None] | None = None) ->
                 if on_frame is not None:
                     on_frame(i + 1, motion.num_frames)
         bar.close()
+        if cfg.save_motion:  # after the video: an interrupted run leaves neither file
+            save_motion(motion, cfg.save_motion)
     return out
 
 
@@ -373,6 +403,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--crop", action="store_true", help="write the square face crop instead of the full photo"
     )
+    parser.add_argument(
+        "--max-side",
+        type=int,
+        default=DEFAULT_MAX_SIDE,
+        help=f"downscale a photo longer than this on either side first; the video is at most this size "
+        f"(default: {DEFAULT_MAX_SIDE})",
+    )
     parser.add_argument("--save-motion", help="also write the driving motion (.npz, .json or .csv)")
     parser.add_argument(
         "--cache-dir", help="where built avatars are cached ('' disables; default ~/.cache/headsplat)"
@@ -387,20 +424,18 @@ def config_from_args(args: argparse.Namespace) -> TalkConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipelines.cli import run_cli
+
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
     torch.set_num_threads(1)  # numba renders in parallel; torch's own threads would only fight it
     start = time.perf_counter()
-    try:
+
+    def work() -> None:
         out = talk(cfg)
-    except HeadsplatError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; nothing was written", file=sys.stderr)
-        return 130
-    print(f"wrote {out} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-    return 0
+        print(f"wrote {out} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+
+    return run_cli(work, interrupted="interrupted; nothing was written")
 
 
 if __name__ == "__main__":

@@ -80,8 +80,14 @@ def flite_speak(
     if f0_mean is not None:
         cmd += ["--setf", f"int_f0_target_mean={f0_mean:.0f}"]
     with tempfile.TemporaryDirectory() as tmp:
-        wav_path = Path(tmp) / "flite.wav"
-        proc = subprocess.run([*cmd, "-t", text, "-o", str(wav_path)], capture_output=True, text=True)
+        wav_path, text_path = Path(tmp) / "flite.wav", Path(tmp) / "text.txt"
+        text_path.write_text(text, encoding="utf-8")  # a file, never argv: text is never read as options
+        proc = subprocess.run(
+            [*cmd, "-f", str(text_path), "-o", str(wav_path)],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
         if proc.returncode != 0 or not wav_path.exists():
             raise HeadsplatError(f"flite {voice} failed: {proc.stderr.strip()[:200]}")
         audio = load_audio(wav_path)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +74,9 @@ class VideoWriter:
     """Write RGB uint8 frames [H, W, 3] to an H.264 .mp4, atomically; `audio` (a file) is muxed in.
 
     Use as a context manager: `with VideoWriter(path, fps) as out: out.write(frame)`. Odd frame sizes are
-    padded by one pixel (yuv420p needs even sizes).
+    padded by one pixel (yuv420p needs even sizes). Any encoder failure (a full disk, an unreadable audio
+    track, ffmpeg killed) raises HeadsplatError and leaves no file: the output appears only when ffmpeg
+    has finished it and exited cleanly.
     """
 
     def __init__(
@@ -86,17 +90,57 @@ class VideoWriter:
         if audio is not None:
             require_file(audio, "audio file")
         self.fps = float(fps)
-        self.audio = None if audio is None else str(audio)
+        self.audio = None if audio is None else os.path.abspath(audio)
         self.quality = quality
         self.frames_written = 0
         self._stack: contextlib.ExitStack | None = None
-        self._gen = None
+        self._proc: subprocess.Popen | None = None
+        self._log = None
         self._size: tuple[int, int] | None = None
 
     def __enter__(self) -> VideoWriter:
         self._stack = contextlib.ExitStack()
         self._tmp = self._stack.enter_context(atomic_output(self.path))
         return self
+
+    def _command(self, width: int, height: int) -> list[str]:
+        from fractions import Fraction
+
+        from pipelines.audio_io import ffmpeg_exe
+
+        rate = Fraction(self.fps).limit_denominator(100_000)
+        cmd = [ffmpeg_exe(), "-nostdin", "-y", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24"]
+        cmd += ["-s", f"{width}x{height}", "-r", str(rate), "-i", "pipe:0"]
+        if self.audio:
+            cmd += ["-i", "file:" + self.audio, "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac"]
+        else:
+            cmd += ["-an"]
+        # crf 15 (quality 7 of 10, imageio's scale). veryfast: a third of "medium"'s encoder time for a
+        # slightly larger file; the encoder runs beside the renderer on the same cores. No -shortest:
+        # ffmpeg would stop reading frames (a broken pipe) when the audio ends first.
+        crf = int((1 - self.quality / 10) * 51)
+        cmd += ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", str(crf), "-preset", "veryfast"]
+        muxer = {".mkv": "matroska", ".mov": "mov"}.get(self.path.suffix.lower(), "mp4")
+        cmd += ["-movflags", "+faststart", "-f", muxer]
+        return [*cmd, "file:" + os.path.abspath(self._tmp)]
+
+    def _failure(self) -> HeadsplatError:
+        """The encoder's own last words as one line (it has exited, or its pipe broke)."""
+        assert self._proc is not None and self._log is not None
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(timeout=10)
+        self._log.seek(0)
+        lines = [
+            line.strip() for line in self._log.read().decode(errors="replace").splitlines() if line.strip()
+        ]
+        text = " ".join(lines)
+        if "No space left" in text:
+            reason = "no space left on the device"
+        elif lines:
+            reason = lines[-1][:300]
+        else:
+            reason = f"ffmpeg exit status {self._proc.returncode}"
+        return HeadsplatError(f"writing {self.path.name} failed: {reason}")
 
     def write(self, frame: np.ndarray) -> None:
         """Append one RGB uint8 frame [H, W, 3]; every frame must have the first frame's size."""
@@ -105,47 +149,57 @@ class VideoWriter:
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise HeadsplatError(f"video frames must be RGB uint8 [H, W, 3]; got {frame.shape} {frame.dtype}")
         h, w = frame.shape[:2]
-        if self._gen is None:
-            import imageio_ffmpeg
-
+        if self._proc is None:
             self._size = (w, h)
-            padded = (w + w % 2, h + h % 2)
-            # No -shortest: ffmpeg would stop reading frames (a broken pipe) when the audio ends first.
-            # veryfast: a third of "medium"'s encoder time for a slightly larger file; the encoder runs
-            # beside the renderer on the same cores.
-            output_params = ["-preset", "veryfast", "-movflags", "+faststart"]
-            self._gen = imageio_ffmpeg.write_frames(
-                str(self._tmp),
-                padded,
-                fps=self.fps,
-                codec="libx264",
-                pix_fmt_out="yuv420p",
-                quality=self.quality,
-                macro_block_size=1,
-                output_params=output_params,
-                audio_path=self.audio,
-                audio_codec="aac" if self.audio else None,
-                ffmpeg_log_level="error",  # not its chatter ("Guessed Channel Layout") on the user's console
-            )
-            self._gen.send(None)
+            self._log = self._stack.enter_context(tempfile.TemporaryFile())
+            self._proc = subprocess.Popen(
+                self._command(w + w % 2, h + h % 2), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                stderr=self._log, start_new_session=True,  # Ctrl-C reaches us, and we stop ffmpeg
+            )  # fmt: skip
+            self._stack.callback(self._stop)
         elif (w, h) != self._size:
             raise HeadsplatError(
                 f"frame {self.frames_written} is {w}×{h}; the video is {self._size[0]}×{self._size[1]}"
             )
         if w % 2 or h % 2:
             frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-        self._gen.send(np.ascontiguousarray(frame))
+        try:
+            self._proc.stdin.write(np.ascontiguousarray(frame).data)
+        except (BrokenPipeError, OSError):
+            raise self._failure() from None
         self.frames_written += 1
+
+    def _finish(self) -> None:
+        """Close ffmpeg's input, wait for it to finish the file and check that it succeeded."""
+        assert self._proc is not None
+        try:
+            self._proc.stdin.close()
+        except (BrokenPipeError, OSError):
+            raise self._failure() from None
+        if self._proc.wait() != 0:
+            raise self._failure()
+        if not self._tmp.exists() or self._tmp.stat().st_size == 0:
+            raise HeadsplatError(f"writing {self.path.name} failed: the encoder wrote nothing")
+
+    def _stop(self) -> None:
+        """Make sure ffmpeg is gone (after an error or an interrupt it is killed, not waited for)."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc is not None and proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
 
     def __exit__(self, exc_type, exc, tb) -> None:
         assert self._stack is not None
         stack, self._stack = self._stack, None
         try:
-            if self._gen is not None:
-                self._gen.close()  # flushes ffmpeg and finishes the file
-            if exc_type is None and self.frames_written == 0:
-                raise HeadsplatError(f"no frames were written to {self.path.name}")
+            if exc_type is None:
+                if self._proc is None:
+                    raise HeadsplatError(f"no frames were written to {self.path.name}")
+                self._finish()
         except BaseException as err:
-            stack.__exit__(type(err), err, err.__traceback__)  # removes the temporary file
+            stack.__exit__(type(err), err, err.__traceback__)  # stops ffmpeg, removes the temporary file
             raise
         stack.__exit__(exc_type, exc, tb)

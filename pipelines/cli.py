@@ -1,0 +1,112 @@
+"""The one exit convention every headsplat command follows, and the output checks they share.
+
+    def main(argv=None) -> int:
+        args = build_parser().parse_args(argv)          # argparse: exit 2 on a bad flag
+        return run_cli(lambda: work(args), interrupted="interrupted; nothing was written")
+
+Exit codes: 0 done; 2 bad input or an output that cannot be written (one line on stderr, starting
+"error:"); 130 interrupted by Ctrl-C, 143 by SIGTERM (what `timeout`, Docker and systemd send). Both
+signals unwind the stack the same way, so temporary files and half-written outputs are removed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from models.errors import HeadsplatError
+
+EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 2, 130, 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so `finally` blocks and context managers clean up."""
+
+
+def _raise_terminated(signum, frame) -> None:  # noqa: ANN001 (signal handler signature)
+    raise Terminated()
+
+
+def os_error_message(err: OSError) -> str:
+    """One line for an OSError a user can cause (full disk, read-only folder, a directory named as output)."""
+    reason = err.strerror or str(err) or type(err).__name__
+    if err.errno == errno.ENOSPC:
+        reason = "no space left on the device"
+    name = err.filename if err.filename is not None else ""
+    return f"{reason}: {name}" if name else reason
+
+
+def run_cli(body: Callable[[], int | None], interrupted: str = "interrupted; nothing was written") -> int:
+    """Run a command's work with the one exit convention; returns the exit code (see the module doc)."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        code = body()
+        return EXIT_OK if code is None else int(code)
+    except HeadsplatError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as err:
+        print(f"error: {os_error_message(err)}", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError:
+        print("error: out of memory: use a smaller input (shorter audio, a smaller photo)", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt as err:
+        print(interrupted, file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(err, Terminated) else EXIT_INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output(
+    path: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = (), what: str = "output"
+) -> Path:
+    """The output path, after checking before any work that it can be written and is none of `inputs`.
+
+    Refuses: an output that resolves to an input (a link, `./x`, or the same file by another name),
+    an existing directory, a missing folder, and a folder this process cannot create files in (read-only,
+    /proc, a full quota), which is tried by creating and removing an empty temporary file there.
+    """
+    path = Path(path)
+    target = Path(os.path.realpath(path))
+    for source in inputs:
+        if source is None or str(source) == "":
+            continue
+        source = Path(source)
+        if Path(os.path.realpath(source)) == target or _same_file(source, path):
+            raise HeadsplatError(f"the {what} {path} is also an input; write it somewhere else")
+    if path.is_dir():
+        raise HeadsplatError(f"the {what} {path} is a folder; give a file name")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise HeadsplatError(f"output folder does not exist: {folder}")
+    check_writable_folder(folder)
+    return path
+
+
+def check_writable_folder(folder: str | os.PathLike) -> Path:
+    """The folder, if a file can be created in it (tried, not guessed: root ignores permission bits)."""
+    folder = Path(folder)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".headsplat-probe-", dir=folder)
+    except OSError as err:
+        raise HeadsplatError(f"cannot write in {folder}: {os_error_message(err).split(':')[0]}") from err
+    os.close(fd)
+    os.unlink(probe)
+    return folder
