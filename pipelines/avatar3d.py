@@ -43,6 +43,7 @@ from pipelines.talk import (
     EMOTIONS,
     TalkConfig,
     add_motion_arguments,
+    check_motion_controls,
     fit_portrait,
     make_motion,
     resolve_device,
@@ -135,9 +136,9 @@ def to_metres(gaussians: Gaussians) -> Gaussians:
 def build_from_photo(cfg: Avatar3DConfig, head: HeadModel) -> HeadAvatar:
     """Load the portrait, fit the head and build its 3D avatar."""
     from pipelines.files import require_file
-    from pipelines.image_io import load_image
+    from pipelines.image_io import DEFAULT_MAX_SIDE, load_image
 
-    photo = load_image(require_file(cfg.image, "portrait"))
+    photo = load_image(require_file(cfg.image, "portrait"), max_side=DEFAULT_MAX_SIDE)
     fit = fit_portrait(photo, cfg.face_index)
     if fit.inter_ocular_px and fit.inter_ocular_px < MIN_INTER_OCULAR_PX:
         raise HeadsplatError(
@@ -180,9 +181,20 @@ def _talk_config(cfg: Avatar3DConfig) -> TalkConfig:
 
 
 def _check(cfg: Avatar3DConfig) -> Path:
+    from pipelines.cli import check_writable_folder
+
     out = Path(cfg.output)
     if not out.is_dir():
         raise HeadsplatError(f"output folder does not exist: {out} (create it first)")
+    check_writable_folder(out)
+    inputs = [p for p in (cfg.image, cfg.avatar, cfg.audio, cfg.motion, cfg.driving) if p]
+    names = ["head.ply", "head.splat", "turntable.mp4", "talk3d.mp4"] + (
+        [] if cfg.avatar else ["avatar.safetensors"]
+    )
+    for name in names:
+        target = os.path.realpath(out / name)
+        if any(os.path.realpath(p) == target for p in inputs):
+            raise HeadsplatError(f"{out / name} would overwrite an input; choose another output folder")
     if cfg.camera not in CAMERAS:
         raise HeadsplatError(f"--camera must be one of {', '.join(CAMERAS)}; got {cfg.camera!r}")
     if cfg.emotion not in EMOTIONS:
@@ -193,8 +205,9 @@ def _check(cfg: Avatar3DConfig) -> Path:
         raise HeadsplatError(f"--fps must be in (0, 120]; got {cfg.fps}")
     if not 5_000 <= cfg.num_gaussians <= 2_000_000:
         raise HeadsplatError(f"--num-gaussians must be between 5000 and 2000000; got {cfg.num_gaussians}")
-    if cfg.turntable_seconds < 0:
-        raise HeadsplatError(f"--turntable-seconds must be >= 0; got {cfg.turntable_seconds}")
+    if not (math.isfinite(cfg.turntable_seconds) and 0 <= cfg.turntable_seconds <= 600):
+        raise HeadsplatError(f"--turntable-seconds must be from 0 to 600; got {cfg.turntable_seconds}")
+    check_motion_controls(cfg)
     return out
 
 
@@ -284,21 +297,19 @@ def config_from_args(args: argparse.Namespace) -> Avatar3DConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipelines.cli import run_cli
+
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
     torch.set_num_threads(1)  # numba renders in parallel; torch's own threads would only fight it
     start = time.perf_counter()
-    try:
+
+    def work() -> None:
         written = avatar3d(cfg)
-    except HeadsplatError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; files already finished were kept, none is half-written", file=sys.stderr)
-        return 130
-    names = ", ".join(p.name for p in written.values())
-    print(f"wrote {names} to {Path(cfg.output)} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-    return 0
+        names = ", ".join(p.name for p in written.values())
+        print(f"wrote {names} to {Path(cfg.output)} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+
+    return run_cli(work, interrupted="interrupted; files already finished were kept, none is half-written")
 
 
 if __name__ == "__main__":

@@ -281,6 +281,16 @@ def render_frames(
         yield paster(rgb, alpha, avatar.background)
 
 
+def check_motion_controls(cfg) -> None:
+    """The checks of the motion controls every generator shares (Talk's and Avatar3D's configs)."""
+    for name in ("expression_scale", "pose_scale", "blink_rate"):
+        value = getattr(cfg, name)
+        if not (math.isfinite(value) and 0 <= value <= 10):
+            raise HeadsplatError(f"--{name.replace('_', '-')} must be a number from 0 to 10; got {value}")
+    if cfg.face_index < 0:
+        raise HeadsplatError(f"--face-index must be 0 or more; got {cfg.face_index}")
+
+
 def check_config(cfg: TalkConfig) -> Path:
     """The output path, after the checks every Talk run makes before any work (suffix, folder, fps, size)."""
     from pipelines.cli import check_output
@@ -296,12 +306,7 @@ def check_config(cfg: TalkConfig) -> Path:
         raise HeadsplatError(f"fps must be in (0, 120]; got {cfg.fps}")
     if cfg.size is not None and not 64 <= cfg.size <= 2048:
         raise HeadsplatError(f"size must be between 64 and 2048 pixels; got {cfg.size}")
-    for name in ("expression_scale", "pose_scale", "blink_rate"):
-        value = getattr(cfg, name)
-        if not (math.isfinite(value) and 0 <= value <= 10):
-            raise HeadsplatError(f"--{name.replace('_', '-')} must be a number from 0 to 10; got {value}")
-    if cfg.face_index < 0:
-        raise HeadsplatError(f"--face-index must be 0 or more; got {cfg.face_index}")
+    check_motion_controls(cfg)
     if not 256 <= cfg.max_side <= 8192:
         raise HeadsplatError(f"--max-side must be between 256 and 8192 pixels; got {cfg.max_side}")
     return out

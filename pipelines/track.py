@@ -407,9 +407,14 @@ def _check_outputs(args) -> None:
         raise HeadsplatError("--face-index must be 0 or more")
     if not 0 <= args.num_identity <= 50:
         raise HeadsplatError("--num-identity must be between 0 and 50")
-    for path in (args.output, args.identity, args.overlay):
-        if path and not Path(path).resolve().parent.is_dir():
-            raise HeadsplatError(f"output folder does not exist: {Path(path).parent}")
+    from pipelines.cli import check_output
+
+    outputs = [(args.output, "-o file"), (args.identity, "--identity file"), (args.overlay, "--overlay file")]
+    written: list[str] = [args.input]
+    for path, what in outputs:
+        if path:
+            check_output(path, written, what=what)  # neither the input nor another output of this run
+            written.append(path)
 
 
 def run(args) -> TrackResult:
@@ -464,31 +469,32 @@ def run(args) -> TrackResult:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipelines.cli import run_cli
+
     args = build_parser().parse_args(argv)
     # imageio-ffmpeg logs a warning for every rotated phone video, which read_video already handles.
     logging.getLogger("imageio_ffmpeg").setLevel(logging.ERROR)
-    try:
+
+    def work() -> None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = run(args)
         for text in _warn_count([w for w in caught if issubclass(w.category, UserWarning)]):
             print(f"warning: {text}", file=sys.stderr)
-    except HeadsplatError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    missing = int((~result.found).sum())
-    summary = {
-        "frames": result.motion.num_frames,
-        "fps": result.motion.fps,
-        "frames_without_face": missing,
-        "landmark_error_iod": round(float(np.mean([f.relative_error for f in result.fits])), 4),
-        "focal_px": round(result.identity.focal_px, 1),
-        "rest_pose_deg": [round(math.degrees(a), 2) for a in result.identity.rotation],
-        "rest_translation_cm": [round(float(v), 2) for v in result.identity.translation],
-    }
-    if not args.quiet:
-        print(json.dumps(summary))
-    return 0
+        missing = int((~result.found).sum())
+        summary = {
+            "frames": result.motion.num_frames,
+            "fps": result.motion.fps,
+            "frames_without_face": missing,
+            "landmark_error_iod": round(float(np.mean([f.relative_error for f in result.fits])), 4),
+            "focal_px": round(result.identity.focal_px, 1),
+            "rest_pose_deg": [round(math.degrees(a), 2) for a in result.identity.rotation],
+            "rest_translation_cm": [round(float(v), 2) for v in result.identity.translation],
+        }
+        if not args.quiet:
+            print(json.dumps(summary))
+
+    return run_cli(work, interrupted="interrupted; files already finished were kept, none is half-written")
 
 
 if __name__ == "__main__":
