@@ -37,9 +37,35 @@ def save_motion(motion: Motion, path: str | os.PathLike) -> Path:
     return path
 
 
+#: A motion file's frame rate must lie in this range (frames per second), and it may last at most as long
+#: as the longest audio Talk accepts: a file claiming 1e-9 fps would otherwise ask for 1e11 s of frames.
+MOTION_FPS_RANGE = (1.0, 1000.0)
+MAX_MOTION_SECONDS = 2 * 3600.0
+
+
 def load_motion(path: str | os.PathLike, csv_fps: float | None = None) -> Motion:
-    """Read a motion from .npz, .json or ARKit CSV; `csv_fps` is the CSV timecode rate (read off the data if None)."""
+    """Read a motion from .npz, .json or ARKit CSV; `csv_fps` is the CSV timecode rate (read off the data if None).
+
+    Raises HeadsplatError for anything that is not a valid motion: bad arrays, NaN, an fps outside
+    MOTION_FPS_RANGE, a duration over MAX_MOTION_SECONDS, no frames at all.
+    """
     path = require_file(path, "motion file")
+    motion = _read_motion(path, csv_fps)
+    lo, hi = MOTION_FPS_RANGE
+    if not lo <= motion.fps <= hi:
+        raise HeadsplatError(
+            f"{path.name} says {motion.fps:g} fps; a motion file's rate must be {lo:g}-{hi:g}"
+        )
+    if motion.num_frames == 0:
+        raise HeadsplatError(f"{path.name} holds no frames")
+    if motion.duration > MAX_MOTION_SECONDS:
+        raise HeadsplatError(
+            f"{path.name} lasts {motion.duration / 60:.0f} min; the limit is {MAX_MOTION_SECONDS / 60:.0f} min"
+        )
+    return motion
+
+
+def _read_motion(path: Path, csv_fps: float | None) -> Motion:
     suffix = path.suffix.lower()
     if suffix == ".npz":
         try:
