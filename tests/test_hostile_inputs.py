@@ -1,0 +1,292 @@
+"""Hostile and broken inputs: no file disclosure, no false success, no crash, nothing overwritten.
+
+One test per defect found by trying the tools as a hostile but fair user would; each fails on the code
+before the fix. benchmarks/hostile_inputs.py runs the wider table of inputs across every CLI.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from PIL import Image
+
+from models.errors import HeadsplatError
+from pipelines import talk, track
+from pipelines.audio_io import load_audio, save_wav
+from pipelines.cli import EXIT_TERMINATED, check_output, run_cli
+from pipelines.image_io import load_image
+from pipelines.motion_io import load_motion, save_motion
+from pipelines.talk import DEFAULT_PORTRAIT, speak
+from pipelines.video_io import VideoWriter
+
+ESPEAK = shutil.which("espeak-ng")
+FLITE = shutil.which("flite")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _seconds(path: Path) -> float:
+    with wave.open(str(path)) as fh:
+        return fh.getnframes() / fh.getframerate()
+
+
+def _leftovers(folder: Path, keep: set[str]) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name not in keep)
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. Text is spoken literally, never parsed as the synthesiser's options
+@pytest.mark.skipif(ESPEAK is None and FLITE is None, reason="needs espeak-ng or flite")
+@pytest.mark.parametrize("text", ["-f/etc/hostname", "--help", "-5 degrees outside", "-w /tmp/x.wav hi"])
+def test_text_starting_with_a_dash_is_spoken_as_written(tmp_path, text):
+    wav = speak(text, tmp_path / "speech.wav")
+    literal = tmp_path / "literal.txt"
+    literal.write_text(text)
+    reference = tmp_path / "reference.wav"
+    if ESPEAK:  # the same engine and voice, reading the literal text from a file
+        cmd = ["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(reference), "-f", str(literal)]
+    else:
+        cmd = ["flite", "-voice", "slt", "-f", str(literal), "-o", str(reference)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    assert abs(_seconds(wav) - _seconds(reference)) < 0.05
+    assert _seconds(wav) > 0.5  # "--help" and "-f..." made speech, not a usage text or a file's contents
+
+
+@pytest.mark.skipif(FLITE is None, reason="needs flite")
+def test_flite_speaks_dash_text_literally():
+    from pipelines.tts import flite_speak
+
+    _, phones = flite_speak("-f/etc/hostname", "slt")
+    spoken = [p.label for p in phones if p.label != "SIL"]
+    assert spoken[:2] == ["EH", "F"]  # "eff" (the letter f), not the words of the hostname file
+
+
+def test_text_limits_are_one_clear_error(tmp_path):
+    for text in ("   ", "a" * (talk.MAX_TEXT_CHARS + 1), "hello\0world"):
+        with pytest.raises(HeadsplatError):
+            speak(text, tmp_path / "speech.wav")
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. Any encoder failure fails the run and leaves no file
+def _frames(n=3, size=(48, 64)):
+    return [np.full((*size, 3), (40 * i) % 256, np.uint8) for i in range(n)]
+
+
+def test_encoder_failure_at_the_end_raises_and_leaves_nothing(tmp_path, monkeypatch):
+    # ffmpeg that reads every frame, then fails as it does on a full disk (exit 1, "No space left").
+    failing = [
+        "sh",
+        "-c",
+        "cat >/dev/null; echo 'Error writing trailer: No space left on device' >&2; exit 1",
+    ]
+    monkeypatch.setattr(VideoWriter, "_command", lambda self, w, h: failing)
+    out = tmp_path / "v.mp4"
+    with pytest.raises(HeadsplatError, match="no space left"), VideoWriter(out, 25) as writer:
+        for frame in _frames():
+            writer.write(frame)
+    assert _leftovers(tmp_path, set()) == []
+
+
+def test_encoder_that_dies_early_is_an_error_not_a_broken_pipe(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        VideoWriter, "_command", lambda self, w, h: ["sh", "-c", "echo 'bad codec' >&2; exit 3"]
+    )
+    out = tmp_path / "v.mp4"
+    with pytest.raises(HeadsplatError, match="bad codec"), VideoWriter(out, 25) as writer:
+        for _ in range(200):  # enough to fill the pipe once the encoder has gone
+            writer.write(np.zeros((256, 256, 3), np.uint8))
+    assert _leftovers(tmp_path, set()) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="needs root to mount a tmpfs")
+def test_a_really_full_disk_fails_the_video_and_leaves_nothing(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)]).returncode != 0:
+        pytest.skip("mount is not permitted here")
+    try:
+        rng = np.random.default_rng(0)
+        with pytest.raises(HeadsplatError, match="no space left"), VideoWriter(disk / "v.mp4", 25) as writer:
+            for _ in range(60):  # noise compresses badly: far more than 64 KiB of H.264
+                writer.write(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8))
+        assert list(disk.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# 4-5. Outputs never overwrite inputs; unwritable outputs fail before any work
+def test_output_that_is_an_input_is_refused(tmp_path):
+    source = tmp_path / "v.mp4"
+    source.write_bytes(b"precious")
+    link = tmp_path / "link.mp4"
+    link.symlink_to(source)
+    for out in (source, link, tmp_path / "." / "v.mp4"):
+        with pytest.raises(HeadsplatError, match="also an input"):
+            check_output(out, [str(source)])
+    assert source.read_bytes() == b"precious"
+
+
+def test_talk_refuses_to_overwrite_its_audio_and_exits_2(tmp_path, capsys):
+    audio = tmp_path / "v.mp4"
+    with VideoWriter(audio, 25, audio=None) as writer:
+        for frame in _frames():
+            writer.write(frame)
+    before = audio.read_bytes()
+    code = talk.main(["--audio", str(audio), "-o", str(audio), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "also an input" in err[0]
+    assert audio.read_bytes() == before
+
+
+def test_track_refuses_to_overwrite_its_video_with_the_overlay(tmp_path, capsys):
+    video = tmp_path / "v.mp4"
+    with VideoWriter(video, 25) as writer:
+        for frame in _frames():
+            writer.write(frame)
+    before = video.read_bytes()
+    code = track.main([str(video), "--overlay", str(video), "--quiet"])
+    assert code == 2 and "also an input" in capsys.readouterr().err
+    assert video.read_bytes() == before
+
+
+@pytest.mark.parametrize("where", ["directory", "proc", "missing-folder"])
+def test_unwritable_talk_output_fails_before_any_work(tmp_path, capsys, monkeypatch, where):
+    out = {
+        "directory": tmp_path,
+        "proc": Path("/proc/headsplat-test.mp4"),
+        "missing-folder": tmp_path / "nope" / "x.mp4",
+    }[where]
+    monkeypatch.setattr(talk, "prepare_avatar", lambda *a, **k: pytest.fail("work started"))
+    if where == "directory":
+        out = tmp_path / "folder.mp4"
+        out.mkdir()
+    code = talk.main(["-o", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error:"), err
+
+
+def test_late_os_errors_are_one_line_exit_2(capsys):
+    def body():
+        raise PermissionError(13, "Permission denied", "/somewhere/out.mp4")
+
+    assert run_cli(body) == 2
+    assert capsys.readouterr().err.strip() == "error: Permission denied: /somewhere/out.mp4"
+
+
+# ------------------------------------------------------------------------------------------------
+# 6. NaN/inf samples at any sample rate are a clear error (checked before resampling)
+@pytest.mark.parametrize("rate", [16000, 44100, 48000])
+def test_nan_samples_in_a_wav_of_any_rate_are_a_clear_error(tmp_path, rate):
+    samples = np.zeros((rate, 2), np.float32)
+    samples[100, 1] = np.inf
+    samples[200, 0] = np.nan
+    soundfile.write(tmp_path / "bad.wav", samples, rate, subtype="FLOAT")
+    with pytest.raises(HeadsplatError, match="NaN or infinite"):
+        load_audio(tmp_path / "bad.wav")
+
+
+def test_long_audio_is_read_in_blocks_and_resampled_like_before(tmp_path, monkeypatch):
+    import librosa
+
+    import pipelines.audio_io as audio_io
+
+    monkeypatch.setattr(audio_io, "_BLOCK_FRAMES", 4096)  # many blocks, with a short one at the end
+    rng = np.random.default_rng(1)
+    stereo = (0.2 * rng.standard_normal((44100 * 2 + 777, 2))).astype(np.float32)
+    soundfile.write(tmp_path / "a.wav", stereo, 44100, subtype="FLOAT")
+    blocks = load_audio(tmp_path / "a.wav")
+    whole = librosa.resample(stereo.mean(axis=1), orig_sr=44100, target_sr=16000)
+    assert blocks.shape == whole.shape
+    assert np.abs(blocks - np.clip(whole, -1, 1)).max() < 1e-3
+
+
+# ------------------------------------------------------------------------------------------------
+# 8. SIGTERM unwinds like Ctrl-C: no partial output, exit 143
+def test_sigterm_during_a_video_leaves_nothing_and_exits_143(tmp_path, capsys):
+    out = tmp_path / "v.mp4"
+
+    def body():
+        with VideoWriter(out, 25) as writer:
+            for i, frame in enumerate(_frames(50)):
+                writer.write(frame)
+                if i == 10:
+                    os.kill(os.getpid(), signal.SIGTERM)
+
+    assert run_cli(body, interrupted="interrupted; nothing was written") == EXIT_TERMINATED
+    assert "interrupted" in capsys.readouterr().err
+    assert _leftovers(tmp_path, set()) == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_running_talk_leaves_no_partial_files(tmp_path):
+    env = {**os.environ, "HEADSPLAT_CACHE": str(tmp_path / "cache"), "TMPDIR": str(tmp_path)}
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.talk", "-o", str(out / "t.mp4"), "--size", "128", "--quiet"],
+        cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        proc.wait(timeout=25)  # still running after 25 s: rendering
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == EXIT_TERMINATED, err
+    assert list(out.iterdir()) == []
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("headsplat-")]
+
+
+# ------------------------------------------------------------------------------------------------
+# 9. Very large photos are downscaled as they are decoded
+def test_large_photo_is_downscaled_on_decode(tmp_path):
+    big = Image.fromarray(np.random.default_rng(0).integers(0, 255, (3000, 4000, 3), dtype=np.uint8))
+    big.save(tmp_path / "big.jpg", quality=70)
+    big.save(tmp_path / "big.png")
+    for name in ("big.jpg", "big.png"):
+        photo = load_image(tmp_path / name, max_side=1000)
+        assert photo.shape == (750, 1000, 3)
+    assert load_image(DEFAULT_PORTRAIT, max_side=4000).shape == np.asarray(Image.open(DEFAULT_PORTRAIT)).shape
+
+
+def test_talk_output_size_is_capped_by_max_side(tmp_path, capsys):
+    code = talk.main(["--max-side", "100", "-o", str(tmp_path / "x.mp4"), "--quiet"])
+    assert code == 2 and "--max-side" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# 10. Motion files with absurd frame rates
+@pytest.mark.parametrize("fps", [1e-9, 0.5, 5000.0, 1e9])
+def test_motion_file_with_absurd_fps_is_refused(tmp_path, fps):
+    from models.latent import Motion
+
+    motion = Motion.neutral(10, 25.0)
+    path = save_motion(motion, tmp_path / "m.npz")
+    arrays = dict(np.load(path))
+    arrays["fps"] = np.asarray(fps)
+    np.savez(path, **arrays)
+    with pytest.raises(HeadsplatError, match="fps"):
+        load_motion(path)
+
+
+def test_saved_motion_and_wav_have_ordinary_permissions(tmp_path):
+    from models.latent import Motion
+
+    umask = os.umask(0o022)
+    try:
+        paths = [
+            save_motion(Motion.neutral(3, 25.0), tmp_path / "m.json"),
+            save_wav(np.zeros(1600), tmp_path / "a.wav"),
+        ]
+    finally:
+        os.umask(umask)
+    for path in paths:
+        assert path.stat().st_mode & 0o777 == 0o644
