@@ -245,35 +245,42 @@ class HeadAvatar:
         }  # fmt: skip
         return tensors, meta
 
+    #: What `from_state` accepts, one row per array (as PortraitAvatar.FILE_LAYOUT: name, element kind,
+    #: shape with N the Gaussians, K the identity coefficients and V the head model's vertices, range).
+    FILE_LAYOUT = (
+        ("binding.triangle", "index", ("N",), "T"),
+        ("binding.barycentric", "float", ("N", 3), "unit"),
+        ("binding.offset", "float", ("N",), None),
+        ("binding.rotation", "float", ("N", 4), "quat"),
+        ("binding.scale", "float", ("N", 3), "scale"),
+        ("colors", "float", ("N", 3), "unit"),
+        ("opacities", "float", ("N",), "unit"),
+        ("vertex_weights", "float", ("V",), "unit"),
+        ("identity", "float", (1, "K"), None),
+        ("rest_expression", "float", (1, NUM_EXPRESSIONS), "unit"),
+        ("photo_rotation", "float", (3,), None),
+        ("photo_translation", "float", (3,), None),
+    )
+
     @classmethod
     def from_state(cls, tensors: dict[str, Tensor], meta: dict, head: HeadModel) -> HeadAvatar:
-        """Rebuild an avatar from `state()`'s output (raises HeadsplatError on anything else)."""
-        if meta.get("kind") != cls.KIND:
+        """Rebuild an avatar from `state()`'s output; anything else (a damaged or crafted file) raises
+        HeadsplatError naming the first field that is wrong. Floats become float32, indices int64."""
+        from models.gaussian_avatar import avatar_arrays, avatar_camera, avatar_crop_box
+
+        if not isinstance(meta, dict) or meta.get("kind") != cls.KIND:
             raise HeadsplatError(
                 "not a headsplat 3D head avatar (build one with python -m pipelines.avatar3d)"
             )
-        missing = [n for n in (*cls._TENSORS, *(f"binding.{f}" for f in cls._BINDING)) if n not in tensors]
-        if missing:
-            raise HeadsplatError(f"avatar file lacks {', '.join(missing)}; rebuild it")
-        binding = MeshBinding(*(tensors[f"binding.{f}"] for f in cls._BINDING))
-        n = len(binding)
-        if tensors["colors"].shape != (n, 3) or tensors["opacities"].shape != (n,):
-            raise HeadsplatError(
-                "avatar file is inconsistent (colours and binding differ in length); rebuild it"
-            )
-        if (
-            int(binding.triangle.max()) >= len(head.triangles)
-            or tensors["identity"].shape[1] > head.num_identity
-        ):
-            raise HeadsplatError("avatar file was made for another head model; rebuild it")
-        cam = dict(meta["photo_camera"])
-        cam["world_to_camera"] = torch.tensor(cam["world_to_camera"])
+        camera = avatar_camera(meta, "photo_camera")
+        crop_box = avatar_crop_box(meta)
+        arrays, _ = avatar_arrays(tensors, cls.FILE_LAYOUT, head, {})
         return cls(
             head=head,
-            binding=binding,
-            photo_camera=Camera(**cam),
-            crop_box=tuple(meta["crop_box"]),
-            **{name: tensors[name] for name in cls._TENSORS},
+            binding=MeshBinding(*(arrays.pop(f"binding.{f}") for f in cls._BINDING)),
+            photo_camera=camera,
+            crop_box=crop_box,
+            **arrays,
         )
 
 
