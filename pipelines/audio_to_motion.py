@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
-import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -42,7 +42,9 @@ from models.motion_diffusion import (
     postprocess,
 )
 from models.visemes import EMOTIONS, teacher_motion
+from pipelines.cli import check_output, run_cli
 from pipelines.files import require_file
+from pipelines.motion_io import MOTION_SUFFIXES
 
 #: The shipped default model (trained by pipelines.train_motion on the synthetic corpus).
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "motion_diffusion.safetensors"
@@ -52,6 +54,11 @@ OFFLINE_CHUNK, OFFLINE_LOOKAHEAD = 72, 8
 STREAM_CHUNK, STREAM_LOOKAHEAD = 8, 2
 #: Audio is analysed in blocks of this many seconds, so memory does not grow with the audio's length.
 FEATURE_BLOCK_S = 20.0
+#: Motion frame rates a motion file may have: Talk's upper limit; below one frame a second a motion
+#: is a still (1e-9 fps made a one-frame file).
+MIN_FPS, MAX_FPS = 1.0, 120.0
+#: Torch threads of the command line tool (see main).
+TORCH_THREADS = 1
 
 
 def load_model(path: str | os.PathLike | None = None) -> MotionDenoiser:
@@ -99,10 +106,12 @@ class AudioToMotion:
 
     def _controls(self, **kwargs) -> GenerationControls:
         controls = GenerationControls(**kwargs)
-        if controls.steps != 0:
-            controls.check()
-        elif controls.emotion not in EMOTIONS:
-            raise HeadsplatError(f"unknown emotion {controls.emotion!r}; choose one of {', '.join(EMOTIONS)}")
+        # The teacher (steps 0) takes the same emotion and scales as the model.
+        (controls if controls.steps != 0 else dataclasses.replace(controls, steps=1)).check()
+        if not math.isfinite(controls.guidance):
+            raise HeadsplatError(f"guidance must be a number, got {controls.guidance}")
+        if controls.seed < 0:
+            raise HeadsplatError(f"seed must be 0 or more, got {controls.seed}")
         return controls
 
     def _feature_blocks(self, audio: np.ndarray) -> Iterator[tuple[np.ndarray, bool]]:
@@ -135,6 +144,7 @@ class AudioToMotion:
             seed=seed, steps=steps, guidance=guidance, emotion=emotion, emotion_strength=emotion_strength,
             expression_scale=expression_scale, pose_scale=pose_scale, blink_rate=blink_rate, still=still,
         )  # fmt: skip
+        check_fps(fps)
         audio = resample_to(audio, sample_rate, SAMPLE_RATE)
         if audio.size == 0:
             raise HeadsplatError("the audio is empty: give at least a fraction of a second of sound")
@@ -235,7 +245,7 @@ def teacher_from_audio(audio: np.ndarray, transcript: str | None, controls: Gene
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.audio_to_motion", description=__doc__.split("\n\n")[0]
     )
@@ -248,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--weights", default=None, help="motion model .safetensors (default: weights/ shipped one)"
     )
-    parser.add_argument("--fps", type=float, default=25.0, help="output frame rate")
+    parser.add_argument(
+        "--fps", type=float, default=25.0, help=f"output frame rate ({MIN_FPS:g}-{MAX_FPS:g})"
+    )
     parser.add_argument(
         "--steps", type=int, default=3, help="sampler steps (1-10); 0 = rule-based teacher only"
     )
@@ -269,27 +281,52 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"),
                         help="the model is small and CPU-fast; generation always runs on the CPU")  # fmt: skip
-    args = parser.parse_args(argv)
+    return parser
+
+
+def check_fps(fps: float) -> float:
+    """`fps` if it is a usable motion frame rate, in [MIN_FPS, MAX_FPS]; NaN and inf are refused."""
+    if not (fps >= MIN_FPS and fps <= MAX_FPS):
+        raise HeadsplatError(f"fps must be in [{MIN_FPS:g}, {MAX_FPS:g}]; got {fps}")
+    return fps
+
+
+def _run(args: argparse.Namespace) -> int:
     from pipelines.audio_io import load_audio
     from pipelines.motion_io import save_motion
 
-    try:
-        audio = load_audio(args.audio)
-        model = AudioToMotion(None) if args.steps == 0 else AudioToMotion.from_pretrained(args.weights)
-        start = time.perf_counter()
-        motion = model.generate(
-            audio, SAMPLE_RATE, fps=args.fps, transcript=args.transcript, seed=args.seed, steps=args.steps,
-            guidance=args.guidance, emotion=args.emotion, emotion_strength=args.emotion_strength,
-            expression_scale=args.expression_scale, pose_scale=args.pose_scale, blink_rate=args.blink_rate,
-            still=args.still,
-        )  # fmt: skip
-        elapsed = time.perf_counter() - start
-        save_motion(motion, args.out)
-    except HeadsplatError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    # Every check of the flags and the output before the audio is decoded or the model loaded.
+    check_fps(args.fps)
+    out = check_output(args.out, [args.audio, args.weights], "motion file")
+    if out.suffix.lower() not in MOTION_SUFFIXES:
+        raise HeadsplatError(f"motion files end in {', '.join(MOTION_SUFFIXES)}; got {out.name!r}")
+    audio = load_audio(args.audio)
+    model = AudioToMotion(None) if args.steps == 0 else AudioToMotion.from_pretrained(args.weights)
+    start = time.perf_counter()
+    motion = model.generate(
+        audio, SAMPLE_RATE, fps=args.fps, transcript=args.transcript, seed=args.seed, steps=args.steps,
+        guidance=args.guidance, emotion=args.emotion, emotion_strength=args.emotion_strength,
+        expression_scale=args.expression_scale, pose_scale=args.pose_scale, blink_rate=args.blink_rate,
+        still=args.still,
+    )  # fmt: skip
+    elapsed = time.perf_counter() - start
+    save_motion(motion, args.out)
     print(f"wrote {args.out}: {motion.num_frames} frames at {motion.fps:g} fps in {elapsed:.2f} s")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # The 1.2M-parameter model multiplies small matrices, where extra threads mostly wait on each other.
+    # On a 2-core machine, assets/defaults/speech.wav (6.7 s) took 1.10-1.16 s to generate with one
+    # torch thread and 1.19-1.23 s with two, up to 2.3 s with two while other work ran; with every core
+    # of a loaded machine the issue measured RTF 0.38 against 0.065. One thread it is, as in Talk.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(TORCH_THREADS)
+    try:
+        return run_cli(lambda: _run(args), interrupted="interrupted; nothing was written")
+    finally:
+        torch.set_num_threads(threads)  # callers in the same process (tests, the app) keep their own
 
 
 if __name__ == "__main__":

@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import string
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -45,6 +43,8 @@ from models.attention_guidance import (
     perturbed_attention,
 )
 from models.errors import HeadsplatError
+from pipelines.cli import check_output, run_cli
+from pipelines.files import atomic_output
 
 TINY_MODELS = ("tiny-sd3", "tiny-flux")
 TINY_TEXT_TOKENS = 16
@@ -927,23 +927,23 @@ def search_heads(
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # The shared writer: the folder must exist (no tool makes a missing one), the file gets the usual
+    # permissions (0644 under umask 022, not mkstemp's 0600), and a failed write leaves nothing behind.
+    with atomic_output(path) as tmp:
+        write(tmp)
+
+
+def image_format(path: str | Path) -> str:
+    """The PIL format name for an output image path, from its extension."""
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower())
+    if fmt is None:
+        raise HeadsplatError(f"cannot tell the image format of {path}: use a .png or .jpg name")
+    return fmt
 
 
 def save_image(image: Image.Image, path: str | Path) -> None:
     """Write an image atomically (format from the extension)."""
-    fmt = Image.registered_extensions().get(Path(path).suffix.lower())
-    if fmt is None:
-        raise HeadsplatError(f"cannot tell the image format of {path}: use a .png or .jpg name")
+    fmt = image_format(path)
     _atomic_write(Path(path), lambda tmp: image.save(tmp, format=fmt))
 
 
@@ -1215,43 +1215,57 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry: generate (default) or 'search'."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _generate_main(args: argparse.Namespace) -> int:
+    config = GuideConfig(
+        prompt=args.prompt,
+        model=args.model,
+        heads=args.heads,
+        scale=args.scale,
+        soft=args.soft,
+        cfg=args.cfg,
+        true_cfg=args.true_cfg,
+        steps=args.steps,
+        seed=args.seed,
+        mode=args.mode,
+        height=args.height,
+        width=args.width,
+        negative_prompt=args.negative_prompt,
+        guidance_range=args.guidance_range,
+        device=args.device,
+        dtype=args.dtype,
+        drop_t5=args.no_t5,
+        output=args.output,
+    )
+    # The output before the model loads: a folder that is missing, a name with no image format, a
+    # heads file written over, all fail in a second rather than after sampling.
+    check_output(config.output, [config.heads if Path(config.heads).is_file() else None], "output image")
+    image_format(config.output)
     _quiet_libraries()
-    try:
-        if argv[:1] == ["search"]:
-            args = _search_parser().parse_args(argv[1:])
-            state = run_search(args)
-            print(json.dumps({"output": args.output, "heads": state.heads, "scores": state.scores}))
-        else:
-            args = _generate_parser().parse_args(argv)
-            config = GuideConfig(
-                prompt=args.prompt,
-                model=args.model,
-                heads=args.heads,
-                scale=args.scale,
-                soft=args.soft,
-                cfg=args.cfg,
-                true_cfg=args.true_cfg,
-                steps=args.steps,
-                seed=args.seed,
-                mode=args.mode,
-                height=args.height,
-                width=args.width,
-                negative_prompt=args.negative_prompt,
-                guidance_range=args.guidance_range,
-                device=args.device,
-                dtype=args.dtype,
-                drop_t5=args.no_t5,
-                output=args.output,
-            )
-            save_image(generate(config), config.output)
-            print(config.output)
-    except HeadsplatError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    save_image(generate(config), config.output)
+    print(config.output)
     return 0
+
+
+def _search_main(args: argparse.Namespace) -> int:
+    target = args.objective.partition(":")[2] if args.objective.startswith("target:") else None
+    check_output(args.output, [args.prompts_file, target], "output")
+    _quiet_libraries()
+    state = run_search(args)
+    print(json.dumps({"output": args.output, "heads": state.heads, "scores": state.scores}))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry: generate (default) or 'search'; exit codes as every headsplat tool (pipelines.cli)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["search"]:
+        args = _search_parser().parse_args(argv[1:])
+        return run_cli(
+            lambda: _search_main(args),
+            interrupted=f"interrupted; continue the search with the same flags and --resume -o {args.output}",
+        )
+    args = _generate_parser().parse_args(argv)
+    return run_cli(lambda: _generate_main(args), interrupted="interrupted; nothing was written")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import argparse
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from models.audio import (
 from models.errors import HeadsplatError
 from models.visemes import EMOTIONS, teacher_motion
 from pipelines.audio_io import load_audio, save_wav
+from pipelines.cli import check_writable_folder, run_cli
 from pipelines.files import atomic_output
 from pipelines.motion_io import save_motion
 from pipelines.tts import espeak_speak, flite_speak, flite_voices
@@ -231,7 +231,28 @@ class CorpusConfig:
     seed: int = 0
     """Random seed for texts, voices, settings and teacher motion."""
 
+    def check(self) -> None:
+        """A HeadsplatError naming the first setting no corpus can be built with (NaN included)."""
+        if self.clips < 1:
+            raise HeadsplatError(f"--clips must be at least 1, got {self.clips}")
+        if self.held_out_clips < 0:
+            raise HeadsplatError(f"--held-out-clips must be 0 or more, got {self.held_out_clips}")
+        if self.clips + self.held_out_clips > MAX_CLIPS:
+            raise HeadsplatError(f"at most {MAX_CLIPS} clips in all, got {self.clips + self.held_out_clips}")
+        for name in ("noise_share", "voice_shift_share"):
+            value = getattr(self, name)
+            if not (0 <= value <= 1):
+                raise HeadsplatError(f"--{name.replace('_', '-')} must be a share in [0, 1], got {value}")
+        if not (self.fps >= MIN_FPS and self.fps <= MAX_FPS):
+            raise HeadsplatError(f"--fps must be in [{MIN_FPS:g}, {MAX_FPS:g}], got {self.fps}")
+        if self.seed < 0:
+            raise HeadsplatError(f"--seed must be 0 or more, got {self.seed}")
 
+
+#: Clip names are five digits (00000-99999).
+MAX_CLIPS = 100_000
+#: Motion frame rates a corpus may have (as pipelines.audio_to_motion's).
+MIN_FPS, MAX_FPS = 1.0, 120.0
 #: Range of the vocal-tract-length perturbation factor (>1: higher pitch and formants, faster).
 VOICE_SHIFT = (0.88, 1.25)
 
@@ -305,6 +326,7 @@ def build_corpus(out: Path, config: CorpusConfig, progress: bool = True) -> Path
     """Write `out`/clips/*.wav + *.npz and `out`/manifest.jsonl; returns the manifest path."""
     from tqdm import tqdm
 
+    config.check()
     voices = available_voices()
     if not voices:
         raise HeadsplatError(
@@ -375,16 +397,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"),
                         help="accepted for a uniform CLI; corpus building runs on the CPU")  # fmt: skip
     args = parser.parse_args(argv)
+    return run_cli(
+        lambda: _run(args),
+        interrupted=f"interrupted; the corpus in {args.out} is incomplete (no manifest): run again to rebuild it",
+    )
+
+
+def check_corpus_folder(out: str | Path) -> Path:
+    """`out` if it can hold a corpus: a folder, or a path whose missing folders can be made (as the docs'
+    `--out data/corpus` in a fresh checkout), with no file in the way and the first existing one writable."""
+    out = Path(out)
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        what = "--out" if existing == out else "the folder of --out"
+        raise HeadsplatError(f"{what} {existing} is a file; give a folder (it is created if missing)")
+    check_writable_folder(existing if str(existing) else Path("."))
+    return out
+
+
+def _run(args: argparse.Namespace) -> int:
     config = CorpusConfig(
         args.clips, args.held_out_clips, args.noise_share, args.voice_shift_share, args.fps, args.seed
     )
-    try:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        manifest = build_corpus(out, config)
-    except HeadsplatError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    config.check()  # before the folder is made
+    out = check_corpus_folder(args.out)
+    manifest = build_corpus(out, config)
     print(f"wrote {manifest}")
     return 0
 

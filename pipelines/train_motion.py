@@ -19,7 +19,7 @@ import csv
 import importlib
 import json
 import math
-import sys
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -44,6 +44,7 @@ from models.motion_diffusion import (
 )
 from models.visemes import EMOTIONS, bilabial_closure, mouth_opening, teacher_motion
 from pipelines.audio_io import AUDIO_SUFFIXES, VIDEO_SUFFIXES, load_audio
+from pipelines.cli import check_output, run_cli
 from pipelines.files import atomic_output, require_file
 from pipelines.motion_io import MOTION_SUFFIXES, load_motion
 
@@ -331,12 +332,13 @@ def lip_sync_scores(net: MotionDenoiser, clips: Sequence[Clip], fps: float, seed
 # Checkpoints
 def save_weights(net: MotionDenoiser, path: Path, meta: dict, half: bool = True) -> None:
     """Weights as .safetensors (fp16 by default: the shipped file stays small) and config/notes as .json."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     state = {k: (v.half() if half and v.is_floating_point() and "motion_" not in k else v).contiguous()
              for k, v in net.state_dict().items()}  # fmt: skip
     with atomic_output(path) as tmp:
-        save_file(state, str(tmp))
+        # Bytes written into the file atomic_output made: save_file replaces it with a new 0600 file.
+        tmp.write_bytes(save(state))
     with atomic_output(path.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps({"model": net.config.to_dict(), **meta}, indent=2))
 
@@ -344,7 +346,7 @@ def save_weights(net: MotionDenoiser, path: Path, meta: dict, half: bool = True)
 def save_checkpoint(path: Path, net: MotionDenoiser, ema: MotionDenoiser, optimizer: torch.optim.Optimizer,
                     step: int, config: TrainConfig) -> None:  # fmt: skip
     """Everything needed to resume: model, EMA, optimiser moments (safetensors) and the step (json)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     tensors = {f"net.{k}": v.contiguous() for k, v in net.state_dict().items()}
     tensors.update({f"ema.{k}": v.contiguous() for k, v in ema.state_dict().items()})
@@ -355,7 +357,7 @@ def save_checkpoint(path: Path, net: MotionDenoiser, ema: MotionDenoiser, optimi
             if key in state:
                 tensors[f"opt.{name}.{key}"] = state[key].contiguous()
     with atomic_output(path) as tmp:
-        save_file(tensors, str(tmp))
+        tmp.write_bytes(save(tensors))  # not save_file: see save_weights
     with atomic_output(path.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps({"step": step, "train": _config_dict(config)}))
 
@@ -527,46 +529,76 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"),
                         help="training runs on the CPU (the model is small); cuda is not used yet")  # fmt: skip
     args = parser.parse_args(argv)
-    try:
-        if not (args.corpus or args.pairs or args.videos):
-            raise HeadsplatError("give training data: --corpus, --pairs and/or --videos")
-        if args.init and args.resume:
-            raise HeadsplatError("give --init or --resume, not both")
-        if args.out.suffix != ".safetensors":
-            raise HeadsplatError("--out must end in .safetensors")
-        if not args.out.parent.is_dir():
-            raise HeadsplatError(f"output folder does not exist: {args.out.parent}")
-        config = TrainConfig(
-            steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr, threads=args.threads,
-            seed=args.seed, model=MotionModelConfig(width=args.width, depth=args.depth),
-        )  # fmt: skip
-        torch.set_num_threads(config.threads)
-        init = None
-        if args.init:  # before the data: a bad path fails at once
-            from pipelines.audio_to_motion import load_model
+    checkpoint = args.checkpoint or args.out.with_name(args.out.stem + ".checkpoint.safetensors")
+    return run_cli(
+        lambda: _run(args, checkpoint),
+        interrupted=f"interrupted; {args.out} was not written (a run stopped after a checkpoint "
+        f"continues with --resume {checkpoint})",
+    )
 
-            init = load_model(args.init).train()
-        train_clips, eval_clips = [], []
-        if args.corpus:
-            t, h = corpus_clips(args.corpus, config.fps, relabel=args.relabel)
-            train_clips += t
-            eval_clips += h
-        if args.pairs:
-            train_clips += paired_clips(args.pairs, config.fps)
-        if args.videos:
-            train_clips += video_clips(args.videos, resolve_tracker(args.tracker), config.fps)
-        checkpoint = args.checkpoint or args.out.with_name(args.out.stem + ".checkpoint.safetensors")
-        net, meta = train(
-            train_clips, config, eval_clips, checkpoint=checkpoint, resume=args.resume, init=init
+
+def check_train_config(config: TrainConfig) -> None:
+    """A HeadsplatError naming the first setting no training run can use."""
+    for name in ("steps", "batch_size", "threads"):
+        if getattr(config, name) < 1:
+            raise HeadsplatError(
+                f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}"
+            )
+    for name in ("minutes", "lr"):
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value > 0):
+            raise HeadsplatError(f"--{name} must be a positive number, got {value}")
+    if config.seed < 0:
+        raise HeadsplatError(f"--seed must be 0 or more, got {config.seed}")
+    model = config.model
+    if model.width < 1 or model.depth < 1 or model.width % model.heads:
+        raise HeadsplatError(
+            f"--width must be a positive multiple of {model.heads} and --depth at least 1, "
+            f"got width {model.width}, depth {model.depth}"
         )
-        meta["data"] = {"init": str(args.init) if args.init else None,
-                        "corpus": str(args.corpus) if args.corpus else None,
-                        "pairs": str(args.pairs) if args.pairs else None,
-                        "videos": str(args.videos) if args.videos else None}  # fmt: skip
-        save_weights(net, args.out, meta)
-    except HeadsplatError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+
+
+def _run(args: argparse.Namespace, checkpoint: Path) -> int:
+    if not (args.corpus or args.pairs or args.videos):
+        raise HeadsplatError("give training data: --corpus, --pairs and/or --videos")
+    if args.init and args.resume:
+        raise HeadsplatError("give --init or --resume, not both")
+    if args.out.suffix != ".safetensors":
+        raise HeadsplatError("--out must end in .safetensors")
+    config = TrainConfig(
+        steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr, threads=args.threads,
+        seed=args.seed, model=MotionModelConfig(width=args.width, depth=args.depth),
+    )  # fmt: skip
+    check_train_config(config)
+    # The outputs (weights, their .json, the checkpoint) before the data is read: none may be an input.
+    # The checkpoint may be the one resumed from: it is rewritten as training goes on.
+    inputs = [args.corpus, args.pairs, args.videos, args.init, args.resume]
+    check_output(args.out, inputs, "output")
+    check_output(args.out.with_suffix(".json"), inputs, "output's .json")
+    check_output(checkpoint, inputs[:4], "checkpoint")
+    if os.path.realpath(checkpoint) == os.path.realpath(args.out):
+        raise HeadsplatError(f"--checkpoint must be another file than --out ({args.out})")
+    torch.set_num_threads(config.threads)
+    init = None
+    if args.init:  # before the data: a bad path fails at once
+        from pipelines.audio_to_motion import load_model
+
+        init = load_model(args.init).train()
+    train_clips, eval_clips = [], []
+    if args.corpus:
+        t, h = corpus_clips(args.corpus, config.fps, relabel=args.relabel)
+        train_clips += t
+        eval_clips += h
+    if args.pairs:
+        train_clips += paired_clips(args.pairs, config.fps)
+    if args.videos:
+        train_clips += video_clips(args.videos, resolve_tracker(args.tracker), config.fps)
+    net, meta = train(train_clips, config, eval_clips, checkpoint=checkpoint, resume=args.resume, init=init)
+    meta["data"] = {"init": str(args.init) if args.init else None,
+                    "corpus": str(args.corpus) if args.corpus else None,
+                    "pairs": str(args.pairs) if args.pairs else None,
+                    "videos": str(args.videos) if args.videos else None}  # fmt: skip
+    save_weights(net, args.out, meta)
     print(json.dumps(meta["summary"]))
     return 0
 

@@ -113,7 +113,7 @@ def test_bad_arguments_give_one_clear_error(tmp_path, capsys, args, message):
     if "--videos" in args:
         Path(tmp_path / "v").mkdir()
         args = [str(tmp_path / "v") if a == "v" else a for a in args]
-    assert main(args) == 1
+    assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:")
     assert re.search(message, err[0])
