@@ -201,8 +201,8 @@ def _check(cfg: Avatar3DConfig) -> Path:
         raise HeadsplatError(f"unknown --emotion {cfg.emotion!r}; choose one of {', '.join(EMOTIONS)}")
     if not 64 <= cfg.size <= 2048:
         raise HeadsplatError(f"--size must be between 64 and 2048 pixels; got {cfg.size}")
-    if not 0 < cfg.fps <= 120:
-        raise HeadsplatError(f"--fps must be in (0, 120]; got {cfg.fps}")
+    if not 1 <= cfg.fps <= 120:
+        raise HeadsplatError(f"--fps must be from 1 to 120; got {cfg.fps}")
     if not 5_000 <= cfg.num_gaussians <= 2_000_000:
         raise HeadsplatError(f"--num-gaussians must be between 5000 and 2000000; got {cfg.num_gaussians}")
     if not (math.isfinite(cfg.turntable_seconds) and 0 <= cfg.turntable_seconds <= 600):

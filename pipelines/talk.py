@@ -302,8 +302,8 @@ def check_config(cfg: TalkConfig) -> Path:
     check_output(out, inputs)
     if cfg.save_motion:
         check_output(cfg.save_motion, (*inputs, out), what="--save-motion file")
-    if not (cfg.fps > 0 and cfg.fps <= 120):
-        raise HeadsplatError(f"fps must be in (0, 120]; got {cfg.fps}")
+    if not 1 <= cfg.fps <= 120:
+        raise HeadsplatError(f"--fps must be from 1 to 120; got {cfg.fps}")
     if cfg.size is not None and not 64 <= cfg.size <= 2048:
         raise HeadsplatError(f"size must be between 64 and 2048 pixels; got {cfg.size}")
     check_motion_controls(cfg)

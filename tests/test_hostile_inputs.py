@@ -290,3 +290,18 @@ def test_saved_motion_and_wav_have_ordinary_permissions(tmp_path):
         os.umask(umask)
     for path in paths:
         assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_avatar_files_get_ordinary_permissions(tmp_path):
+    """safetensors' save_file swaps in a private (0600) file; atomic_output sets the mode after writing."""
+    from pipelines.files import atomic_output
+
+    umask = os.umask(0o022)
+    try:
+        with atomic_output(tmp_path / "a.safetensors") as tmp:
+            tmp.unlink()
+            fd = os.open(tmp, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "a.safetensors").stat().st_mode & 0o777 == 0o644
