@@ -16,7 +16,14 @@ inside the output folder. Relative input paths resolve against the manifest's fo
 `out/results.jsonl` (rewritten atomically whenever an item finishes) records each item's status
 (ok, error, skipped; pending until it has run), timings, outputs and error message. Running the same
 command again skips the items whose results say ok and whose outputs exist, and renders the rest.
-Exit code: 0 when every item succeeded, 1 when any failed, 2 for a bad manifest or bad flags.
+Exit code: 0 when every item succeeded, 1 when any failed, 2 for a bad manifest or bad flags, 130 after
+Ctrl-C and 143 after SIGTERM (running items are stopped and their half-written files removed).
+
+An item may only write inside the output folder and never over one of its own inputs: an output that
+leads elsewhere through a link in the output folder, or that is one of the item's inputs, fails the item.
+Each item gets its own temporary folder (out/.tmp/item-*, its TMPDIR), removed when the item ends however
+it ended; a stopped item's hidden temporary outputs are removed with it, and so are any an earlier,
+killed run left behind.
 
 On a Ray cluster every node needs headsplat installed (`pip install 'headsplat[dist]'`) and must see the
 manifest's inputs and the output folder at the same paths (a shared filesystem): tasks read the inputs
@@ -35,8 +42,12 @@ import importlib
 import json
 import math
 import os
+import re
+import shutil
 import signal
 import sys
+import tempfile
+import threading
 import time
 import traceback
 import types
@@ -51,6 +62,8 @@ from models.errors import HeadsplatError
 
 RESULTS_NAME = "results.jsonl"
 CACHE_NAME = ".cache"
+#: Folder inside the output folder that holds each running item's temporary folder.
+TMP_NAME = ".tmp"
 ENGINES = ("local", "ray")
 STATUSES = ("pending", "ok", "error", "skipped")
 #: Resident memory one worker needs at worst (512² talk: torch, the head model, an avatar, the encoder).
@@ -58,6 +71,9 @@ WORKER_MEMORY_BYTES = 2 << 30
 AVATAR3D_MISSING = "avatar3d pipeline not available in this build"
 #: What a local worker says when it begins an item.
 STARTED = "started"
+#: With --item-timeout, how long a local worker may take to begin an item it was handed (its start-up:
+#: importing torch and the pipeline, starting CUDA), which the item's own clock does not count.
+WORKER_START_SECONDS = 300.0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -80,6 +96,8 @@ class PipelineEntry:
     """The suffix a file output must have."""
     missing_message: str = ""
     """Per-item error when the pipeline's module is not in this build."""
+    folder_files: tuple[str, ...] = ()
+    """The files a folder output may receive (checked before the item runs, cleaned up after a kill)."""
 
 
 #: Config fields a manifest may not set: the batch owns them (or they are the inputs under another name).
@@ -93,6 +111,7 @@ PIPELINES: dict[str, PipelineEntry] = {
         "pipelines.avatar3d", "Avatar3DConfig", "avatar3d",
         ("portrait", "avatar", "audio", "text", "motion", "driving"),
         output_is_folder=True, missing_message=AVATAR3D_MISSING,
+        folder_files=("avatar.safetensors", "head.ply", "head.splat", "turntable.mp4", "talk3d.mp4"),
     ),
 }  # fmt: skip
 #: Inputs that are text, not files.
@@ -283,7 +302,8 @@ def _check_output_name(name: str, entry: PipelineEntry) -> str | None:
         return "output is empty"
     if path.is_absolute() or ".." in path.parts:
         return f"output {name!r} must be a name inside the output folder (no absolute path, no '..')"
-    if path.parts[0] in (RESULTS_NAME, CACHE_NAME):
+    # "." (or "./") has no parts: a folder pipeline then writes into the output folder itself.
+    if path.parts and path.parts[0] in (RESULTS_NAME, CACHE_NAME, TMP_NAME):
         return f"output {name!r} is reserved for the batch's own files"
     if entry.output_suffix and path.suffix.lower() != entry.output_suffix:
         return f"output {name!r} must end in {entry.output_suffix}"
@@ -349,6 +369,7 @@ def load_manifest(path: str | os.PathLike) -> list[BatchItem]:
     items: list[BatchItem] = []
     problems: list[str] = []
     seen: dict[str, int] = {}
+    files: dict[str, int] = {}
     for line, row in _read_rows(path):
         if isinstance(row, str):
             problems.append(f"line {line}: {row}")
@@ -362,13 +383,173 @@ def load_manifest(path: str | os.PathLike) -> list[BatchItem]:
         if key in seen:
             problems.append(f"line {line}: output {item.output!r} is also the output of line {seen[key]}")
             continue
+        # Different output names can still meet in one file: a folder output "." and a clip "head.ply".
+        clash = next((f for f in written_files(item) if f.casefold() in files), None)
+        if clash is not None:
+            problems.append(f"line {line}: output {item.output!r} writes {clash}, which line "
+                            f"{files[clash.casefold()]} writes too")  # fmt: skip
+            continue
         seen[key] = line
+        files.update((f.casefold(), line) for f in written_files(item))
         items.append(item)
     if problems:
         raise ManifestError(path, problems)
     if not items:
         raise HeadsplatError(f"manifest {path.name} has no items")
     return items
+
+
+# ------------------------------------------------------------------------------------------------
+# Where an item writes, and what it leaves behind when it is stopped
+#: A temporary file beside an output: `.STEM.XXXXXXXX.SUFFIX` (pipelines.files.atomic_output) or
+#: `.NAME.XXXXXXXX.tmp` (the .ply/.splat writer); the middle is tempfile's random part.
+_TEMP_NAME = re.compile(r"\.(?P<stem>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]+)")
+#: A built avatar in the batch's own cache (pipelines.talk names them by a 24-digit hash).
+_CACHE_ENTRY = re.compile(r"[0-9a-f]{24}\.safetensors")
+
+
+def written_files(item: BatchItem) -> list[str]:
+    """The files the item may write, relative to the output folder (POSIX separators)."""
+    entry = PIPELINES[item.pipeline]
+    if not entry.output_is_folder:
+        return [Path(item.output).as_posix()]
+    names = list(entry.folder_files)
+    if item.pipeline == "avatar3d" and "avatar" in item.inputs:
+        names.remove("avatar.safetensors")  # a reused avatar is read, not written again
+    return [(Path(item.output) / name).as_posix() for name in names]
+
+
+def _inside(path: str | os.PathLike, root: Path) -> bool:
+    """True when `path`, with every link followed, is `root` (a real path) or lies inside it."""
+    return Path(os.path.realpath(path)).is_relative_to(root)
+
+
+def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)  # a hard link, or the same file seen through another mount
+    except OSError:
+        return False  # one of them does not exist (yet)
+
+
+def check_item_output(item: BatchItem, out: Path) -> None:
+    """A HeadsplatError when the item would write outside `out` (through a link inside it) or over
+    one of its own inputs; checked before anything is made for the item."""
+    root = Path(os.path.realpath(out))
+    entry = PIPELINES[item.pipeline]
+    target = out / item.output
+    for path in [target, *(out / f for f in written_files(item))]:
+        real = Path(os.path.realpath(path))
+        if real == root and path == target and entry.output_is_folder:
+            continue  # a folder output "." is the output folder itself
+        if real == root or not real.is_relative_to(root):
+            raise HeadsplatError(
+                f"output {item.output!r} leads outside the output folder (to {real}, through a link); "
+                "remove the link or pick another name"
+            )
+    for name in written_files(item):
+        for key, value in item.inputs.items():
+            if key not in TEXT_INPUTS and _same_file(out / name, value):
+                raise HeadsplatError(
+                    f"output {item.output!r} would overwrite its {key} input {value}; write it under another name"
+                )
+
+
+def _remove_temp_files(folder: Path, root: Path, wanted: Callable[[str], bool]) -> list[Path]:
+    """Remove the hidden temporary files in `folder` whose finished name `wanted` accepts; returns them.
+
+    Nothing is touched unless the folder really lies inside `root` (the output folder's real path):
+    a link in the output folder never leads the clean-up elsewhere.
+    """
+    if not _inside(folder, root):
+        return []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []  # not made yet, or not a folder
+    removed = []
+    for entry in entries:
+        match = _TEMP_NAME.fullmatch(entry.name)
+        if match is None:
+            continue
+        names = {match["stem"] + match["suffix"]}
+        if match["suffix"] == ".tmp":
+            names.add(match["stem"])
+        if any(wanted(n) for n in names) and entry.is_file(follow_symlinks=False):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
+def remove_leftovers(out: Path, items: Iterable[BatchItem], results: bool = False) -> list[Path]:
+    """Remove the hidden temporary files the items' outputs (and with `results`, results.jsonl) left
+    in `out` when their writer was killed; returns what was removed. Only call it while none of these
+    items runs: each output belongs to one item, so no other item's files are touched."""
+    root = Path(os.path.realpath(out))
+    by_folder: dict[Path, set[str]] = {}
+    for item in items:
+        for name in written_files(item):
+            path = out / name
+            by_folder.setdefault(path.parent, set()).add(path.name)
+    if results:
+        by_folder.setdefault(out, set()).add(RESULTS_NAME)
+    removed = []
+    for folder, names in by_folder.items():
+        removed += _remove_temp_files(folder, root, names.__contains__)
+    return removed
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a folder and what is in it (a link is removed, not followed); missing is fine."""
+    if path.is_symlink():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _temp_folder(folder: str | None) -> Iterator[None]:
+    """Make `folder` this process's temporary folder (tempfile and, through TMPDIR, programs it starts)."""
+    if folder is None:
+        yield
+        return
+    names = ("TMPDIR", "TEMP", "TMP")
+    saved_env = {name: os.environ.get(name) for name in names}
+    saved = tempfile.tempdir
+    tempfile.tempdir = folder
+    os.environ.update(dict.fromkeys(names, folder))
+    try:
+        yield
+    finally:
+        tempfile.tempdir = saved
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
+def _signals_deferred(raise_after: bool = True) -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block is done (stopping workers and removing their files is not
+    cut short by a second Ctrl-C); a signal that came meanwhile is raised afterwards if `raise_after`
+    (not when the block cleans up after an interruption already on its way out)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum)) for signum in held}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if caught and raise_after:
+        signal.raise_signal(caught[0])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -387,8 +568,9 @@ class ItemResult:
     """pending, ok, error or skipped (done by an earlier run)."""
     outputs: list[str] = field(default_factory=list)
     """Files written, relative to the output folder."""
-    seconds: float | None = None
-    """Wall time of the item, seconds (of the run that made it, for skipped items)."""
+    seconds: float = 0.0
+    """Wall time of the item, seconds (of the run that made it, for skipped items; 0 until it has run).
+    A stopped item's counts from when its worker began it to when it was stopped."""
     started: str | None = None
     """When it started (UTC, ISO 8601)."""
     finished: str | None = None
@@ -442,6 +624,7 @@ def run_item(item: BatchItem, out_dir: str, device: str = "auto", cache_dir: str
     start = time.perf_counter()
     try:
         entry = PIPELINES[item.pipeline]
+        check_item_output(item, out)  # before any folder is made: a link must not lead the item elsewhere
         cfg = item_config(item, out, device, cache_dir)
         target = out / item.output
         (target if entry.output_is_folder else target.parent).mkdir(parents=True, exist_ok=True)
@@ -582,12 +765,31 @@ def _available_memory() -> int:
     return 0
 
 
-def _worker_main(conn, threads: int, gpu: str | None, runner: Callable) -> None:
-    """A worker process: receive items, send back results, until it gets None."""
+def import_pipeline(item: BatchItem) -> None:
+    """Import the item's pipeline (torch, the models): a worker does this before the item's clock starts."""
+    importlib.import_module(PIPELINES[item.pipeline].module)
+
+
+def _thread_progress_lock() -> None:
+    """Give tqdm a thread lock in this process instead of its default, which holds a multiprocessing
+    semaphore: a worker killed mid-item would leak it, and Python would warn about it at exit."""
+    with contextlib.suppress(ImportError):
+        from tqdm import tqdm
+
+        tqdm.set_lock(threading.RLock())
+
+
+def _worker_main(conn, threads: int, gpu: str | None, runner: Callable, warm_up: Callable | None) -> None:
+    """A worker process: receive (item, args, temporary folder), send STARTED and then the result of
+    `runner(item, *args)`, until it gets None."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops us
+    with contextlib.suppress(AttributeError, OSError):
+        # A process group of its own: the parent stops the worker with what it started (ffmpeg, espeak).
+        os.setpgrp()
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     _limit_threads(threads)
+    _thread_progress_lock()
     while True:
         try:
             task = conn.recv()
@@ -595,29 +797,108 @@ def _worker_main(conn, threads: int, gpu: str | None, runner: Callable) -> None:
             return
         if task is None:
             return
+        item, args, temp = task
+        if warm_up is not None:
+            with contextlib.suppress(Exception):  # the item itself reports what cannot be imported
+                warm_up(item)
         conn.send(STARTED)  # the item's clock starts now, not while this process was still importing
-        conn.send(runner(*task))
+        with _temp_folder(temp):
+            result = runner(item, *args)
+        conn.send(result)
 
 
 class _Worker:
-    def __init__(self, ctx, number: int, threads: int, gpu: str | None, runner: Callable):
+    """One worker process and the item it is making."""
+
+    def __init__(self, ctx, number: int, threads: int, gpu: str | None, runner: Callable, warm_up):
         self.number = number
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(
             target=_worker_main,
-            args=(child, threads, gpu, runner),
+            args=(child, threads, gpu, runner, warm_up),
             name=f"batch-worker-{number}",
             daemon=True,
         )
         self.process.start()
         child.close()
         self.item: BatchItem | None = None
+        self.temp: Path | None = None
+        """The item's own temporary folder (removed when the item ends)."""
+        self.started: str | None = None
+        self.handed = 0.0
+        """time.monotonic() when the worker was handed the item."""
+        self.began: float | None = None
+        """time.monotonic() when the worker began the item (None until it says so)."""
+        self.retired = False
+
+    def give(self, item: BatchItem, args: tuple, temp_root: Path) -> None:
+        self.item, self.started, self.handed, self.began = item, _now(), time.monotonic(), None
+        self.temp = Path(tempfile.mkdtemp(prefix="item-", dir=temp_root))
+        with contextlib.suppress(OSError):  # a worker dead by now is caught by the caller
+            self.conn.send((item, args, str(self.temp)))
+
+    def deadline(self, timeout: float | None) -> float:
+        """When the item is stopped: `timeout` after the worker began it (a stuck start-up ends too)."""
+        if timeout is None:
+            return math.inf
+        return self.handed + WORKER_START_SECONDS if self.began is None else self.began + timeout
+
+    def timeout_message(self, timeout: float) -> str:
+        if self.began is None:
+            return f"stopped: its worker had not begun it after {WORKER_START_SECONDS:g} s of start-up"
+        return _timeout_message(timeout)
+
+    def elapsed(self) -> float:
+        return 0.0 if self.began is None else round(time.monotonic() - self.began, 3)
+
+    def receive(self) -> ItemResult | None:
+        """The item's result if it has arrived (None otherwise); notes when the worker began the item."""
+        with contextlib.suppress(EOFError, OSError):  # it died while sending: a crash, seen by the caller
+            while self.conn.poll():
+                message = self.conn.recv()
+                if isinstance(message, str) and message == STARTED:
+                    self.began, self.started = time.monotonic(), _now()
+                else:
+                    return message
+        return None
+
+    def kill(self) -> None:
+        """Stop the worker and everything it started, now; then wait for it."""
+        # Only while it is alive (not yet waited for), so its id cannot belong to another process.
+        if self.process.is_alive():
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)  # the worker leads its own process group
+            except (AttributeError, OSError):  # no process groups here, or it has not made its own yet
+                with contextlib.suppress(OSError):
+                    self.process.kill()
+        self.process.join()
+
+    def end_item(self, out: Path | None, stopped: bool) -> None:
+        """Forget the item; remove its temporary folder and, when it was `stopped` (killed, or its worker
+        died), the half-written outputs it left."""
+        if stopped and out is not None and self.item is not None:
+            remove_leftovers(out, [self.item])
+        if self.temp is not None:
+            _remove_tree(self.temp)
+        self.item = self.temp = None
+
+    def close(self) -> None:
+        """Let an idle worker exit (stop it if it does not), and free the pipe and process handles."""
+        if self.process.is_alive() and not self.retired:
+            with contextlib.suppress(OSError):
+                self.conn.send(None)
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.kill()
+        self.conn.close()
+        with contextlib.suppress(ValueError):
+            self.process.close()
 
 
-def _failed(item: BatchItem, started: str, error: str) -> ItemResult:
+def _failed(item: BatchItem, started: str | None, error: str, seconds: float = 0.0) -> ItemResult:
     return ItemResult(
-        item.output, item.line, item.pipeline, status="error", started=started, finished=_now(), error=error,
-        fingerprint=item.fingerprint,
+        item.output, item.line, item.pipeline, status="error", seconds=seconds, started=started or _now(),
+        finished=_now(), error=error, fingerprint=item.fingerprint,
     )  # fmt: skip
 
 
@@ -625,13 +906,22 @@ def _timeout_message(seconds: float) -> str:
     return f"stopped after {seconds:g} s (--item-timeout); give it more time or a shorter driver"
 
 
-def _crash_result(item: BatchItem, exitcode: int | None, started: str) -> ItemResult:
+def _crash_result(item: BatchItem, exitcode: int | None, started: str | None, seconds: float) -> ItemResult:
     how = f"exit code {exitcode}"
     if exitcode is not None and exitcode < 0:
         with contextlib.suppress(ValueError):
             how = f"killed by {signal.Signals(-exitcode).name}"
     hint = "; it may have run out of memory (try fewer --workers)" if exitcode == -signal.SIGKILL else ""
-    return _failed(item, started, f"the worker process died while making this item ({how}){hint}")
+    return _failed(item, started, f"the worker process died while making this item ({how}){hint}", seconds)
+
+
+def _temp_root(out: Path) -> Path:
+    """out/.tmp, made fresh (a link there is replaced by a folder)."""
+    root = out / TMP_NAME
+    if root.is_symlink():
+        root.unlink()
+    root.mkdir(exist_ok=True)
+    return root
 
 
 def run_local(
@@ -643,69 +933,69 @@ def run_local(
     gpus: int = 0,
     runner: Callable = run_item,
     item_timeout: float | None = None,
+    warm_up: Callable[[BatchItem], None] | None = import_pipeline,
 ) -> None:
     """Run `runner(item, *args)` for every item in `workers` spawned processes; results go to `on_result`.
 
-    A worker that dies (segfault, out-of-memory kill) or runs past `item_timeout` seconds fails only its
-    own item and is replaced.
+    `args` starts with the output folder. Each item runs with its own temporary folder (out/.tmp/item-*),
+    removed when the item ends. A worker calls `warm_up(item)` before it tells the parent it has begun the
+    item, so `item_timeout` (seconds) does not count its start-up. A worker that dies (segfault,
+    out-of-memory kill) or runs past `item_timeout` fails only its own item and is replaced; the hidden
+    temporary files of the item's outputs are removed. On any exit (Ctrl-C, SIGTERM) running workers are
+    stopped with everything they started, and their items' temporary files removed.
     """
     import multiprocessing as mp
     from multiprocessing.connection import wait
 
     ctx = mp.get_context("spawn")  # fork would copy the parent's threads and CUDA state
+    out = Path(args[0])
     scheduler = PortraitScheduler(items)
     pool: list[_Worker] = []
-    started: dict[int, str] = {}
-    deadline: dict[int, float] = {}
+    retired: list[_Worker] = []
     spawned = 0
 
     def spawn() -> _Worker:
         nonlocal spawned
         gpu = str(spawned % gpus) if gpus else None
         spawned += 1
-        return _Worker(ctx, spawned, threads, gpu, runner)
+        return _Worker(ctx, spawned, threads, gpu, runner, warm_up)
 
-    retired: list[_Worker] = []
+    temp_root = _temp_root(out)
+    interrupted = True  # until the loop is done: Ctrl-C, SIGTERM or an error stops every worker at once
     try:
-        pool = [spawn() for _ in range(min(workers, len(items)))]
+        for _ in range(min(workers, len(items))):
+            pool.append(spawn())
         while scheduler:
             for i, worker in enumerate(pool):
                 if worker.item is None and not worker.process.is_alive():
-                    worker.process.join()
+                    worker.close()
                     pool[i] = worker = spawn()  # it died between items: start another
                 if worker.item is None and (item := scheduler.take()) is not None:
-                    worker.item, started[worker.number] = item, _now()
-                    deadline[worker.number] = math.inf  # set when the worker says it has started
-                    with contextlib.suppress(OSError):  # a worker dead by now is caught below
-                        worker.conn.send((item, *args))
+                    worker.give(item, args, temp_root)
             busy = [w for w in pool if w.item is not None]
             assert busy, "items are waiting but none is running"
-            soonest = min(deadline[w.number] for w in busy) - time.monotonic()
+            soonest = min(w.deadline(item_timeout) for w in busy) - time.monotonic()
             wait(
                 [w.conn for w in busy] + [w.process.sentinel for w in busy],
                 timeout=None if math.isinf(soonest) else max(0.0, soonest),
             )
             finished: list[ItemResult] = []
             for worker in busy:
-                result = None
-                with contextlib.suppress(EOFError, OSError):  # it died while sending: a crash
-                    while result is None and worker.conn.poll():
-                        message = worker.conn.recv()
-                        if message == STARTED:
-                            deadline[worker.number] = time.monotonic() + (item_timeout or math.inf)
-                        else:
-                            result = message
+                item = worker.item
+                result = worker.receive()
+                stopped = result is None
                 if result is None and worker.process.is_alive():
-                    if time.monotonic() < deadline[worker.number]:
-                        continue  # nothing from it yet: still working
-                    worker.process.kill()  # hung or too slow: its item fails, a fresh worker takes over
-                    worker.process.join()
-                    result = _failed(worker.item, started[worker.number], _timeout_message(item_timeout))
+                    if time.monotonic() < worker.deadline(item_timeout):
+                        continue  # nothing from it yet: still working (or still starting up)
+                    worker.kill()  # hung or too slow: its item fails, a fresh worker takes over
+                    result = _failed(
+                        item, worker.started, worker.timeout_message(item_timeout), worker.elapsed()
+                    )
                 if result is None:
                     worker.process.join()
-                    result = _crash_result(worker.item, worker.process.exitcode, started[worker.number])
-                scheduler.finished(worker.item)
-                worker.item = None
+                    result = _crash_result(item, worker.process.exitcode, worker.started, worker.elapsed())
+                worker.end_item(out, stopped)
+                scheduler.finished(item)
                 finished.append(result)
             if finished:
                 on_result(finished)
@@ -714,14 +1004,19 @@ def run_local(
                 for worker in [w for w in pool if w.item is None]:
                     with contextlib.suppress(OSError):
                         worker.conn.send(None)
+                    worker.retired = True
                     retired.append(worker)
                 pool = [w for w in pool if w.item is not None]
+        interrupted = False
     finally:
-        for worker in pool + retired:
-            worker.process.join(timeout=5 if worker in retired else 0)
-            if worker.process.is_alive():
-                worker.process.terminate()
-                worker.process.join(timeout=5)
+        with _signals_deferred(raise_after=not interrupted):
+            for worker in pool + retired:
+                if interrupted or worker.item is not None:
+                    worker.kill()
+                if worker.item is not None:  # stopped mid-item: remove what it left
+                    worker.end_item(out, stopped=True)
+                worker.close()
+            _remove_tree(temp_root)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -746,10 +1041,11 @@ def _ray_slots(ray, threads: int, gpus_per_item: float) -> int:
     return max(1, int(slots))
 
 
-def _ray_item(runner: Callable, threads: int, item: BatchItem, *args) -> ItemResult:
-    """One item inside a Ray task: `runner` (run_item) with the task's thread budget."""
+def _ray_item(runner: Callable, threads: int, item: BatchItem, *args, temp: str | None = None) -> ItemResult:
+    """One item inside a Ray task: `runner` (run_item) with the task's thread budget and temporary folder."""
     _limit_threads(threads)
-    return runner(item, *args)
+    with _temp_folder(temp):
+        return runner(item, *args)
 
 
 def run_ray(
@@ -766,9 +1062,12 @@ def run_ray(
     """Run every item as a Ray task (GPUs requested when the cluster has them); results go to `on_result`.
 
     `address` None starts a local Ray instance for this run (num_cpus of them); otherwise it connects
-    to a running cluster ("auto" or "ray://host:10001"), whose nodes must see the same paths.
+    to a running cluster ("auto" or "ray://host:10001"), whose nodes must see the same paths. `args`
+    starts with the output folder; each task's temporary folder is made in out/.tmp (shared by the nodes).
+    A cancelled task's temporary files are removed; on any exit the tasks still running are cancelled.
     """
     ray = import_ray()
+    out = Path(args[0])
     started_here = not ray.is_initialized()
     if started_here:
         root = str(Path(__file__).resolve().parents[1])
@@ -783,15 +1082,19 @@ def run_ray(
                 }
             }
         ray.init(**kwargs)
+    interrupted = True
+    in_flight: dict = {}
+    temps: dict = {}
+    temp_root = _temp_root(out)
     try:
         device = args[1] if len(args) > 1 else "auto"
         if gpus_per_item is None:
             gpus_per_item = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 and device != "cpu" else 0.0
         task = ray.remote(_ray_item).options(num_cpus=threads, num_gpus=gpus_per_item, max_retries=0)
         scheduler = PortraitScheduler(items)
-        in_flight: dict = {}
         started: dict = {}
         submitted: dict = {}
+        cancelled: set = set()
         while scheduler:
             # With a timeout, only as many tasks as the cluster can run at once are in flight, so a
             # task's clock starts when it can start; without one, all are queued (autoscalers see demand).
@@ -799,34 +1102,50 @@ def run_ray(
                 math.inf if item_timeout is None else _ray_slots(ray, threads, gpus_per_item) - len(in_flight)
             )
             while room > 0 and (item := scheduler.take()) is not None:
-                ref = task.remote(runner, threads, item, *args)
-                in_flight[ref], started[ref], submitted[ref] = item, _now(), time.monotonic()
+                temp = Path(tempfile.mkdtemp(prefix="item-", dir=temp_root))
+                ref = task.remote(runner, threads, item, *args, temp=str(temp))
+                in_flight[ref], temps[ref] = item, temp
+                started[ref], submitted[ref] = _now(), time.monotonic()
                 room -= 1
             done, _ = ray.wait(list(in_flight), num_returns=1, timeout=None if item_timeout is None else 1.0)
             finished = []
             for ref in done:
                 item = in_flight.pop(ref)
+                seconds = round(time.monotonic() - submitted[ref], 3)
                 try:
                     result = ray.get(ref)
                 except ray.exceptions.TaskCancelledError:
-                    result = _failed(item, started[ref], _timeout_message(item_timeout))
+                    result = _failed(item, started[ref], _timeout_message(item_timeout), seconds)
                 except ray.exceptions.RayError as err:  # the task's worker died, or the node went away
                     first = str(err).strip().splitlines()[0] if str(err).strip() else ""
                     result = _failed(
-                        item, started[ref], f"the Ray task failed: {type(err).__name__}: {first}"
+                        item, started[ref], f"the Ray task failed: {type(err).__name__}: {first}", seconds
                     )
+                if result.status != "ok":
+                    remove_leftovers(out, [item])  # a cancelled or dead task leaves its temporary files
+                _remove_tree(temps.pop(ref))
                 scheduler.finished(item)
                 finished.append(result)
             if finished:
                 on_result(finished)
             if item_timeout is not None:
                 for ref in in_flight:
-                    if time.monotonic() - submitted[ref] > item_timeout:
+                    if ref not in cancelled and time.monotonic() - submitted[ref] > item_timeout:
                         ray.cancel(ref, force=True)  # its result arrives as TaskCancelledError above
-                        submitted[ref] = math.inf
+                        cancelled.add(ref)
+        interrupted = False
     finally:
-        if started_here:
-            ray.shutdown()
+        with _signals_deferred(raise_after=not interrupted):
+            if in_flight:  # interrupted: stop the tasks still running, then remove what they left
+                for ref in in_flight:
+                    with contextlib.suppress(Exception):
+                        ray.cancel(ref, force=True)
+                with contextlib.suppress(Exception):
+                    ray.wait(list(in_flight), num_returns=len(in_flight), timeout=10)
+                remove_leftovers(out, in_flight.values())
+            _remove_tree(temp_root)
+            if started_here:
+                ray.shutdown()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -858,7 +1177,7 @@ class BatchConfig:
     """GPUs each Ray task asks for (None: 1 when the cluster has GPUs and device is not cpu, else 0)."""
     item_timeout: float | None = None
     """Seconds one item may take before it is stopped and marked failed (None: no limit). Locally the clock
-    starts when a worker begins the item; on Ray when the task is handed to the cluster (a fresh Ray worker's
+    starts when a worker begins the item, after its start-up (importing torch and the pipeline); on Ray when the task is handed to the cluster (a fresh Ray worker's
     start-up counts), and only as many tasks as the cluster has room for are handed out at a time."""
     seed: int | None = None
     """Seed of the items that set none of their own (None: each pipeline's default)."""
@@ -911,6 +1230,8 @@ def run_batch(cfg: BatchConfig) -> BatchSummary:
         raise HeadsplatError(f"output folder is a file: {out}")
     out.mkdir(parents=True, exist_ok=True)
     cache = str(Path(cfg.cache_dir).resolve()) if cfg.cache_dir else str(out / CACHE_NAME)
+    own_cache = None if cfg.cache_dir else Path(cache)
+    _remove_stale(out, items, own_cache)  # what an earlier run that was killed outright left behind
     log = ResultsLog(out / RESULTS_NAME, items, {} if cfg.redo else ResultsLog.read(out / RESULTS_NAME))
     todo: list[BatchItem] = []
     for item in items:
@@ -919,7 +1240,7 @@ def run_batch(cfg: BatchConfig) -> BatchSummary:
             log.rows[item.output] = dataclasses.replace(old, status="skipped", line=item.line)
         else:
             todo.append(item)
-    todo = _preflight(todo, log)
+    todo = _preflight(todo, log, out)
     log.write()
     counts = log.counts()
     bar = tqdm(
@@ -951,7 +1272,10 @@ def run_batch(cfg: BatchConfig) -> BatchSummary:
     try:
         if todo and cfg.engine == "local":
             gpus = _local_gpus(cfg.device)
-            run_local(todo, args, workers, threads, on_result, gpus=gpus, item_timeout=cfg.item_timeout)
+            run_local(
+                todo, args, workers, threads, on_result, gpus=gpus, runner=run_item, item_timeout=cfg.item_timeout,
+                warm_up=import_pipeline,
+            )  # fmt: skip
         elif todo:
             run_ray(
                 todo,
@@ -962,9 +1286,12 @@ def run_batch(cfg: BatchConfig) -> BatchSummary:
                 cfg.workers,
                 cfg.gpus_per_item,
                 cfg.item_timeout,
+                runner=run_item,
             )
     finally:
         bar.close()
+        if own_cache is not None:  # an avatar being saved when its item was stopped
+            _remove_temp_files(own_cache / "avatars", Path(os.path.realpath(out)), _CACHE_ENTRY.fullmatch)
     return BatchSummary(list(log.rows.values()), log.path, time.perf_counter() - start)
 
 
@@ -976,8 +1303,19 @@ def apply_default_seed(items: list[BatchItem], seed: int) -> None:
             item.options.setdefault("seed", int(seed))
 
 
-def _preflight(items: list[BatchItem], log: ResultsLog) -> list[BatchItem]:
-    """Fail the items whose input files are missing without starting a worker; returns the rest."""
+def _remove_stale(out: Path, items: list[BatchItem], own_cache: Path | None) -> None:
+    """Remove what a run that was killed outright (no clean-up) left in `out`: item temporary folders,
+    hidden temporary files beside the items' outputs and results.jsonl, and half-saved avatars in the
+    batch's own cache. Files of names no item writes are left alone."""
+    _remove_tree(out / TMP_NAME)
+    remove_leftovers(out, items, results=True)
+    if own_cache is not None:
+        _remove_temp_files(own_cache / "avatars", Path(os.path.realpath(out)), _CACHE_ENTRY.fullmatch)
+
+
+def _preflight(items: list[BatchItem], log: ResultsLog, out: Path) -> list[BatchItem]:
+    """Fail the items whose input files are missing, or whose output would leave `out` or overwrite one
+    of their inputs, without starting a worker; returns the rest."""
     from pipelines.files import require_file
 
     runnable = []
@@ -986,6 +1324,7 @@ def _preflight(items: list[BatchItem], log: ResultsLog) -> list[BatchItem]:
             for key, value in item.inputs.items():
                 if key not in TEXT_INPUTS:
                     require_file(value, key)
+            check_item_output(item, out)
         except HeadsplatError as err:
             now = _now()
             log.rows[item.output] = ItemResult(
@@ -1055,6 +1394,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipelines.cli import run_cli
+
     args = build_parser().parse_args(argv)
     cfg = BatchConfig(
         manifest=args.manifest, output_dir=args.output_dir, engine=args.engine, workers=args.workers,
@@ -1062,21 +1403,20 @@ def main(argv: list[str] | None = None) -> int:
         ray_address=args.ray_address, gpus_per_item=args.gpus_per_item, item_timeout=args.item_timeout, seed=args.seed,
         progress=not args.quiet,
     )  # fmt: skip
-    try:
+
+    def body() -> int:
         summary = run_batch(cfg)
-    except HeadsplatError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; finished items are in results.jsonl, run again to do the rest", file=sys.stderr)
-        return 130
-    counts = {s: sum(r.status == s for r in summary.results) for s in STATUSES}
-    print(
-        f"{counts['ok']} ok, {counts['error']} failed, {counts['skipped']} skipped (done before) in "
-        f"{summary.seconds:.1f} s; results in {summary.results_path}",
-        file=sys.stderr,
+        counts = {s: sum(r.status == s for r in summary.results) for s in STATUSES}
+        print(
+            f"{counts['ok']} ok, {counts['error']} failed, {counts['skipped']} skipped (done before) in "
+            f"{summary.seconds:.1f} s; results in {summary.results_path}",
+            file=sys.stderr,
+        )
+        return summary.exit_code
+
+    return run_cli(
+        body, interrupted="interrupted; finished items are in results.jsonl, run again to do the rest"
     )
-    return summary.exit_code
 
 
 if __name__ == "__main__":

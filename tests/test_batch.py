@@ -3,7 +3,11 @@
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
+import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -12,6 +16,7 @@ import pytest
 from models.latent import Motion
 from pipelines.batch import (
     AVATAR3D_MISSING,
+    PIPELINES,
     RESULTS_NAME,
     BatchItem,
     ItemResult,
@@ -25,7 +30,10 @@ from pipelines.batch import (
     run_item,
     run_local,
 )
+from pipelines.files import atomic_output
 from pipelines.motion_io import save_motion
+
+REPO = Path(__file__).resolve().parents[1]
 
 # Not imported from pipelines.talk: worker processes of the pool test import this module, and stay light.
 DEFAULT_PORTRAIT = Path(__file__).resolve().parents[1] / "assets" / "defaults" / "portrait.jpg"
@@ -261,7 +269,7 @@ def test_a_worker_process_that_dies_or_hangs_fails_only_its_item(tmp_path):
     got: list[ItemResult] = []
     run_local(
         items, (str(tmp_path),), workers=2, threads=1, on_result=got.extend, runner=_exit_on_crash_item,
-        item_timeout=2.0,
+        item_timeout=2.0, warm_up=None,
     )  # fmt: skip
     by_name = {r.output: r for r in got}
     assert sorted(by_name) == sorted(f"{n}.mp4" for n in names)
@@ -272,6 +280,271 @@ def test_a_worker_process_that_dies_or_hangs_fails_only_its_item(tmp_path):
     assert by_name["hang.mp4"].status == "error"
     assert by_name["hang.mp4"].error.startswith("stopped after 2 s (--item-timeout)")
     assert all(by_name[n].status == "ok" for n in ("a.mp4", "b.mp4", "c.mp4", "d.mp4"))
+    # Every row says how long it took, the stopped one too (from when its worker began it).
+    assert 2.0 <= by_name["hang.mp4"].seconds < 30
+    assert all("seconds" in r.to_json() for r in got)
+
+
+def _running(pid: int) -> bool:
+    """True while `pid` is a live process (a zombie waiting to be reaped counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _gone(pid: int, seconds: float = 10.0) -> bool:
+    end = time.monotonic() + seconds
+    while _running(pid) and time.monotonic() < end:
+        time.sleep(0.05)
+    return not _running(pid)
+
+
+def _half_make_and_hang(item: BatchItem, out_dir: str) -> ItemResult:
+    """A stand-in item that is stopped mid-way: a half-written output, a temporary folder with a file in
+    it and a helper process (as ffmpeg would be), all noted in ../made.json, then it never ends."""
+    out = Path(out_dir)
+    with atomic_output(out / item.output) as partial, tempfile.TemporaryDirectory(prefix="headsplat-") as tmp:
+        partial.write_bytes(b"half a clip")
+        (Path(tmp) / "speech.wav").write_bytes(b"RIFF")
+        helper = subprocess.Popen(["sleep", "3600"])
+        made = {"partial": str(partial), "tmp": tmp, "helper": helper.pid, "worker": os.getpid()}
+        (out.parent / "made.json").write_text(json.dumps(made))
+        time.sleep(3600)
+    raise AssertionError("not reached")
+
+
+def test_a_stopped_item_leaves_no_temporary_files_folders_or_processes(tmp_path):
+    out = tmp_path / "out"
+    (out / "clips").mkdir(parents=True)
+    item = BatchItem(output="clips/slow.mp4", line=1)
+    got: list[ItemResult] = []
+    run_local(
+        [item], (str(out),), workers=1, threads=1, on_result=got.extend, runner=_half_make_and_hang,
+        item_timeout=2.0, warm_up=None,
+    )  # fmt: skip
+    (result,) = got
+    assert result.status == "error" and result.error.startswith("stopped after 2 s")
+    made = json.loads((tmp_path / "made.json").read_text())
+    # The item's temporary folder was its own, inside out/.tmp, and all of out/.tmp is gone now.
+    assert Path(made["tmp"]).is_relative_to(out / ".tmp")
+    assert not Path(made["tmp"]).exists() and not (out / ".tmp").exists()
+    assert not Path(made["partial"]).exists()
+    assert [p.name for p in out.rglob("*")] == ["clips"], "the stopped item left files behind"
+    assert _gone(made["worker"]) and _gone(made["helper"]), "a process of the stopped item still runs"
+
+
+def _imports_its_pipeline(item: BatchItem, out_dir: str) -> ItemResult:
+    """A stand-in item that imports its pipeline first, as run_item does (torch: a second or more)."""
+    import importlib
+
+    importlib.import_module(PIPELINES[item.pipeline].module)
+    return ItemResult(item.output, item.line, item.pipeline, status="ok", outputs=[item.output], seconds=0.01)
+
+
+def test_the_item_timeout_does_not_count_the_workers_start_up(tmp_path):
+    # A fresh worker imports torch and the pipeline (well over the one second allowed here) before it
+    # begins the item; only the item itself is timed.
+    got: list[ItemResult] = []
+    run_local(
+        [BatchItem(output="a.mp4", line=1)], (str(tmp_path),), workers=1, threads=1, on_result=got.extend,
+        runner=_imports_its_pipeline, item_timeout=1.0,
+    )  # fmt: skip
+    assert [(r.status, r.error) for r in got] == [("ok", None)]
+
+
+def _run_script(tmp_path: Path, body: str) -> Path:
+    """A script that runs `body` (after the repository is importable), written into tmp_path."""
+    script = tmp_path / "script.py"
+    header = f"import sys\nsys.path.insert(0, {str(REPO)!r})\n"
+    script.write_text(header + textwrap.dedent(body))
+    return script
+
+
+def test_no_leaked_semaphore_warning_after_an_item_is_stopped(tmp_path):
+    # tqdm's default lock holds a multiprocessing semaphore; a worker killed with one used to make
+    # Python's resource tracker warn about a leaked semaphore when the batch exited.
+    script = _run_script(
+        tmp_path,
+        """
+        import time
+        from pipelines.batch import BatchItem, run_local
+
+        def bar_and_hang(item, out_dir):
+            from tqdm import tqdm
+
+            tqdm(total=1, disable=True)
+            time.sleep(3600)
+
+        if __name__ == "__main__":
+            got = []
+            run_local([BatchItem(output="a.mp4")], (sys.argv[1],), 1, 1, got.extend, runner=bar_and_hang,
+                      item_timeout=0.5, warm_up=None)
+            assert got[0].error.startswith("stopped after"), got
+        """,
+    )
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_and_ctrl_c_stop_the_batch_and_leave_nothing_half_made(tmp_path, signum, code):
+    script = _run_script(
+        tmp_path,
+        """
+        import json, os, signal, tempfile, time
+        from pathlib import Path
+
+        import pipelines.batch as batch
+        from pipelines.files import atomic_output
+
+        def stand_in(item, out_dir, *rest):
+            out = Path(out_dir)
+            if item.output == "a.mp4":
+                (out / "a.mp4").write_bytes(b"a clip")
+                return batch.ItemResult("a.mp4", item.line, item.pipeline, status="ok", outputs=["a.mp4"],
+                                        seconds=0.01, fingerprint=item.fingerprint)
+            with atomic_output(out / item.output) as partial, tempfile.TemporaryDirectory() as tmp:
+                partial.write_bytes(b"half a clip")
+                made = {"worker": os.getpid(), "tmp": tmp}
+                (out.parent / "made.json").write_text(json.dumps(made))
+                time.sleep(3600)
+
+        def no_warm_up(item):
+            pass
+
+        if __name__ == "__main__":
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # even where it started ignored
+            batch.run_item, batch.import_pipeline = stand_in, no_warm_up
+            sys.exit(batch.main(sys.argv[1:]))
+        """,
+    )
+    manifest = _write_jsonl(tmp_path / "m.jsonl", [{"output": "a.mp4"}, {"output": "hang.mp4"}])
+    out = tmp_path / "out"
+    args = [sys.executable, str(script), str(manifest), "-o", str(out), "--workers", "1", "--device", "cpu"]
+    proc = subprocess.Popen(args + ["--quiet"], stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + 120
+        while not (tmp_path / "made.json").exists():
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < end, "the hanging item never started"
+            time.sleep(0.05)
+        time.sleep(0.2)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code, err
+    assert err.strip().endswith("interrupted; finished items are in results.jsonl, run again to do the rest")
+    assert "Traceback" not in err and "leaked" not in err, err
+    made = json.loads((tmp_path / "made.json").read_text())
+    assert _gone(made["worker"]) and not Path(made["tmp"]).exists()
+    assert sorted(p.name for p in out.iterdir()) == ["a.mp4", RESULTS_NAME], "something half-made was left"
+    rows = _results(out)
+    assert rows["a.mp4"]["status"] == "ok"
+    assert rows["hang.mp4"]["status"] == "pending" and rows["hang.mp4"]["seconds"] == 0
+
+
+def test_a_folder_output_named_dot_writes_into_the_output_folder_itself(tmp_path, monkeypatch, capsys):
+    # "." (or "./") used to crash the manifest check with an IndexError.
+    monkeypatch.chdir(tmp_path)
+    for name in (".", "./"):
+        row = {"pipeline": "avatar3d", "portrait": "nobody.jpg", "output": name}
+        manifest = _write_jsonl(tmp_path / "m.jsonl", [row])
+        assert [i.output for i in load_manifest(manifest)] == ["."]
+        for out in (".", "./"):
+            assert main([str(manifest), "-o", out, "--quiet"]) == 1  # the missing portrait, nothing else
+            rows = _results(tmp_path)
+            assert rows["."]["status"] == "error" and rows["."]["error"].startswith("portrait not found")
+    # A clip named "." is refused like any other name without .mp4; so is a clip the folder item writes.
+    bad = [{"output": "."}, {"pipeline": "avatar3d", "output": "."}, {"output": "turntable.mp4"}]
+    assert main([str(_write_jsonl(tmp_path / "bad.jsonl", bad)), "-o", ".", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "line 1: output '.' must end in .mp4" in err
+    assert "line 3: output 'turntable.mp4' writes turntable.mp4, which line 2 writes too" in err
+
+
+def test_an_output_that_leads_outside_the_output_folder_through_a_link_fails_its_item(tmp_path):
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "x.mp4").write_bytes(b"precious")
+    (elsewhere / ".c.abcdefgh.mp4").write_bytes(b"not the batch's")
+    (out / "x.mp4").symlink_to(elsewhere / "x.mp4")
+    (out / "sub").symlink_to(elsewhere, target_is_directory=True)
+    rows = [{"output": "x.mp4"}, {"output": "sub/c.mp4"}, {"output": "sub/deeper/d.mp4"}]
+    manifest = _write_jsonl(tmp_path / "m.jsonl", rows)
+    assert main([str(manifest), "-o", str(out), "--quiet"]) == 1
+    results = _results(out)
+    for row in rows:
+        got = results[row["output"]]
+        assert got["status"] == "error", got
+        assert "leads outside the output folder" in got["error"] and str(elsewhere) in got["error"]
+    assert (elsewhere / "x.mp4").read_bytes() == b"precious"
+    assert sorted(p.name for p in elsewhere.iterdir()) == [".c.abcdefgh.mp4", "x.mp4"]  # not cleaned there
+    # The same check guards the item where it runs (a worker, a Ray task), before any folder is made.
+    (item,) = [i for i in load_manifest(manifest) if i.output == "sub/deeper/d.mp4"]
+    result = run_item(item, str(out))
+    assert result.status == "error" and "leads outside the output folder" in result.error
+    assert not (elsewhere / "deeper").exists()
+
+
+def test_an_output_that_would_overwrite_one_of_its_inputs_fails_and_keeps_the_input(tmp_path):
+    (tmp_path / "voice.mp4").write_bytes(b"a recording")
+    (tmp_path / "clip").mkdir()
+    (tmp_path / "clip" / "talk3d.mp4").write_bytes(b"a driving video")
+    os.link(tmp_path / "voice.mp4", tmp_path / "same.mp4")  # the same file by another name
+    rows = [
+        {"audio": "voice.mp4", "output": "voice.mp4"},
+        {"audio": "voice.mp4", "output": "same.mp4"},
+        {"pipeline": "avatar3d", "driving": "clip/talk3d.mp4", "output": "clip"},
+    ]
+    manifest = _write_jsonl(tmp_path / "m.jsonl", rows)
+    assert main([str(manifest), "-o", str(tmp_path), "--quiet"]) == 1
+    results = _results(tmp_path)
+    assert "would overwrite its audio input" in results["voice.mp4"]["error"]
+    assert "would overwrite its audio input" in results["same.mp4"]["error"]
+    assert "would overwrite its driving input" in results["clip"]["error"]
+    assert (tmp_path / "voice.mp4").read_bytes() == b"a recording"
+    assert (tmp_path / "clip" / "talk3d.mp4").read_bytes() == b"a driving video"
+
+
+def test_a_new_run_removes_the_temporary_files_a_killed_run_left(tmp_path):
+    out = tmp_path / "out"
+    stale = [
+        out / ".a.abcdefgh.mp4",
+        out / "clips" / ".c.x1y2z3_4.mp4",
+        out / ".results.abcdefgh.jsonl",
+        out / ".tmp" / "item-abc" / "speech.wav",
+        out / "head3d" / ".head.ply.abcdefgh.tmp",
+        out / ".cache" / "avatars" / f".{'0' * 24}.abcdefgh.safetensors",
+    ]
+    kept = [
+        out / ".keep.abcdefgh.mp4",  # no item makes keep.mp4
+        out / ".a.mp4.notes",
+        out / "a.txt",
+        out / ".cache" / "avatars" / f"{'0' * 24}.safetensors",
+    ]
+    for path in stale + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    rows = [
+        {"portrait": "nobody.jpg", "output": "a.mp4"},
+        {"portrait": "nobody.jpg", "output": "clips/c.mp4"},
+        {"pipeline": "avatar3d", "portrait": "nobody.jpg", "output": "head3d"},
+    ]
+    assert main([str(_write_jsonl(tmp_path / "m.jsonl", rows)), "-o", str(out), "--quiet"]) == 1
+    assert [p for p in stale if p.exists()] == [] and not (out / ".tmp").exists()
+    assert all(p.exists() for p in kept)
+    assert all("seconds" in row for row in _results(out).values())
 
 
 def test_avatar3d_items_fail_with_a_clear_message_when_the_pipeline_is_not_in_the_build(
