@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,14 +85,20 @@ def _check_audio(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     return audio
 
 
+def stream_resampler(sample_rate: int, target: int = SAMPLE_RATE):
+    """The project's one resampler, streaming: `.resample_chunk(float32 [n], last=False)` → samples at
+    `target` Hz. soxr's high-quality setting, the one librosa.resample uses by default."""
+    import soxr
+
+    return soxr.ResampleStream(sample_rate, target, 1, dtype="float32", quality="HQ")
+
+
 def resample_to(audio: np.ndarray, sample_rate: int, target: int = SAMPLE_RATE) -> np.ndarray:
-    """Mono samples [N] at `sample_rate` → [M] at `target` Hz."""
+    """Mono samples [N] at `sample_rate` → [M] at `target` Hz (`stream_resampler` in one chunk)."""
     audio = _check_audio(audio, sample_rate)
     if sample_rate == target or audio.size == 0:
         return audio
-    import librosa
-
-    return librosa.resample(audio, orig_sr=sample_rate, target_sr=target).astype(np.float32)
+    return stream_resampler(sample_rate, target).resample_chunk(audio.astype(np.float32), last=True)
 
 
 @functools.lru_cache(maxsize=4)
@@ -408,8 +415,12 @@ def _run_alignment(pcm: bytes, text: str) -> list[tuple[str, list[tuple[str, int
         decoder.end_utt()
         # Read the alignment while the decoder is alive (its iterator points into the decoder's memory).
         return [(w.name, [(ph.name, ph.start, ph.duration) for ph in w]) for w in decoder.get_alignment()]
-    except RuntimeError:
-        pass
+    except RuntimeError as err:
+        # Loud, not silent: the phones are then estimated inside each aligned word, a coarser timing.
+        warnings.warn(
+            f"phone-level alignment failed ({err}); phones are spread over each word's aligned span",
+            stacklevel=3,
+        )
     dictionary = _cmudict()
     words = []
     for word, start, end in segments:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.audio import stream_resampler
 from models.errors import HeadsplatError
 from pipelines.files import atomic_output, require_file
 
@@ -41,8 +42,8 @@ _BLOCK_FRAMES = 1 << 18
 def _read_soundfile(path: Path, target_sr: int, max_seconds: float) -> np.ndarray | None:
     """Mono samples at `target_sr` via libsndfile, or None when it cannot read the file (ffmpeg gets a try).
 
-    The file is read block by block: each block is checked for NaN/inf, mixed to mono and fed through one
-    streaming soxr resampler (the high-quality one librosa uses by default).
+    The file is read block by block: each block is checked for NaN/inf, mixed to mono and fed through the
+    project's one resampler (models.audio.stream_resampler), so memory is bounded by the result.
     """
     import soundfile
 
@@ -57,11 +58,7 @@ def _read_soundfile(path: Path, target_sr: int, max_seconds: float) -> np.ndarra
             f"{path.name} is {info.frames / info.samplerate / 60:.0f} min long; the limit is "
             f"{max_seconds / 60:.0f} min: cut it into parts (or raise max_seconds)"
         )
-    resampler = None
-    if info.samplerate != target_sr:
-        import soxr
-
-        resampler = soxr.ResampleStream(info.samplerate, target_sr, 1, dtype="float32", quality="HQ")
+    resampler = stream_resampler(info.samplerate, target_sr) if info.samplerate != target_sr else None
     pieces: list[np.ndarray] = []
     try:
         with soundfile.SoundFile(str(path)) as fh:

@@ -17,6 +17,7 @@ import signal
 import sys
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -31,6 +32,10 @@ class Terminated(KeyboardInterrupt):
 
 def _raise_terminated(signum, frame) -> None:  # noqa: ANN001 (signal handler signature)
     raise Terminated()
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    print(f"warning: {message}", file=sys.stderr if file is None else file)
 
 
 def os_error_message(err: OSError) -> str:
@@ -48,7 +53,9 @@ def run_cli(body: Callable[[], int | None], interrupted: str = "interrupted; not
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        code = body()
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning  # one "warning: ..." line, not a file:line block
+            code = body()
         return EXIT_OK if code is None else int(code)
     except HeadsplatError as err:
         print(f"error: {err}", file=sys.stderr)

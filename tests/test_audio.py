@@ -154,3 +154,18 @@ def test_phone_recognition_without_transcript(speech):
     assert len(phones) >= 8
     assert labels & {"M", "B", "P"}  # the bilabials are audible
     assert labels & {"AA", "AO", "AH", "UW"}
+
+
+def test_a_failed_phone_pass_falls_back_loudly(speech, monkeypatch):
+    import pocketsphinx
+
+    class FailingPhonePass(pocketsphinx.Decoder):
+        def set_alignment(self, *args, **kwargs):
+            raise RuntimeError("Alignment failed in frame 3")
+
+    monkeypatch.setattr(pocketsphinx, "Decoder", FailingPhonePass)
+    audio, text = speech
+    with pytest.warns(UserWarning, match="phone-level alignment failed"):
+        phones = align_phones(audio, text)
+    labels = [p.label for p in phones if p.label != "SIL"]
+    assert labels[:3] == ["B", "AA", "B"]  # still the words' phones, spread over their spans

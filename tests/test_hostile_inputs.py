@@ -305,3 +305,13 @@ def test_avatar_files_get_ordinary_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert (tmp_path / "a.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+def test_warnings_in_a_command_are_one_line_each(capsys):
+    import warnings
+
+    def body():
+        warnings.warn("the phone pass failed", stacklevel=1)
+
+    assert run_cli(body) == 0
+    assert capsys.readouterr().err == "warning: the phone pass failed\n"
