@@ -36,6 +36,20 @@ def test_shipped_head_matches_the_original_ict_data_within_a_hundredth_of_a_cm(h
     assert np.abs(mesh - expected).max() < 0.01
 
 
+def test_shipped_head_matches_ict_reference_samples_on_any_clone(head):
+    """The original ICT values at 96 vertices (assets/ict/reference_samples.npz, written by build.py)."""
+    ref = np.load(Path(__file__).resolve().parents[1] / "assets" / "ict" / "reference_samples.npz")
+    at = torch.from_numpy(ref["vertices"].astype(np.int64))
+    assert np.abs(_neutral(head)[0, at].numpy() - ref["neutral"]).max() < 0.01
+    coeffs = np.zeros(50, np.float32)
+    coeffs[:10], coeffs[10:20] = 3.0, -3.0
+    weights = np.linspace(0.0, 1.0, NUM_EXPRESSIONS, dtype=np.float32)
+    mesh = head.vertices(torch.from_numpy(coeffs)[None], torch.from_numpy(weights)[None])[0, at].numpy()
+    expected = ref["neutral"] + np.tensordot(coeffs, ref["identity_deltas"], 1)
+    expected += np.tensordot(weights, ref["expression_deltas"], 1)
+    assert np.abs(mesh - expected).max() < 0.01
+
+
 def test_jaw_open_lowers_the_chin_by_more_than_a_cm(head):
     expression = torch.zeros(1, NUM_EXPRESSIONS)
     expression[0, EXPRESSION_INDEX["jawOpen"]] = 1.0

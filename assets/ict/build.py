@@ -1,6 +1,6 @@
 """Build assets/ict/ict_head.npz, headsplat's compact copy of ICT-FaceKit Light (MIT, USC ICT).
 
-Usage: python assets/ict/build.py [path/to/shared/data/ict-facekit]
+Usage: python assets/ict/build.py [path/to/shared/data/ict-facekit] [--reference-only]
 
 What is kept: every vertex up to and including the eyeballs (face, head and neck, mouth socket, eye
 sockets, gums and tongue, teeth, eyeballs) and the polygons among them; the thin transparent eye
@@ -56,6 +56,30 @@ def main(source: Path) -> None:
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
 
 
+#: Vertices whose original (unquantised) values are kept in reference_samples.npz, spread over every region.
+NUM_REFERENCE_VERTICES = 96
+
+
+def write_reference(source: Path) -> None:
+    """assets/ict/reference_samples.npz: the original ICT values at a spread of vertices, so a test can
+    check the shipped copy against ICT's own data on any clone (the full data is not shipped)."""
+    data = np.load(source / "ict_facekit_light.npz")
+    vertices = np.linspace(0, NUM_VERTICES - 1, NUM_REFERENCE_VERTICES).round().astype(np.int32)
+    out = Path(__file__).with_name("reference_samples.npz")
+    np.savez_compressed(
+        out,
+        vertices=vertices,
+        neutral=data["neutral"][vertices].astype(np.float32),
+        identity_deltas=data["identity_deltas"][:NUM_IDENTITY, vertices].astype(np.float32),
+        expression_deltas=data["expression_deltas"][:, vertices].astype(np.float32),
+    )
+    print(f"wrote {out} ({out.stat().st_size / 1e3:.0f} kB)")
+
+
 if __name__ == "__main__":
+    args = [a for a in sys.argv[1:] if a != "--reference-only"]
     default = Path(__file__).resolve().parents[3] / "shared" / "data" / "ict-facekit"
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else default)
+    folder = Path(args[0]) if args else default
+    if "--reference-only" not in sys.argv:
+        main(folder)
+    write_reference(folder)
