@@ -21,9 +21,10 @@ from pathlib import Path
 
 from models.latent import Motion
 from pipelines.audio_io import load_audio, save_wav
-from pipelines.batch import BatchConfig, _cpu_count, run_batch
+from pipelines.batch import BatchConfig, cpu_count, run_batch
+from pipelines.drivers import DEFAULT_AUDIO
 from pipelines.motion_io import save_motion
-from pipelines.talk import DEFAULT_AUDIO, DEFAULT_PORTRAIT
+from pipelines.portrait import DEFAULT_PORTRAIT
 
 
 def write_manifest(folder: Path, items: int, seconds: float, size: int, driver: str) -> Path:
@@ -94,7 +95,7 @@ def main() -> None:
         "size": args.size,
         "driver": args.driver,
         "device": args.device,
-        "cpus": _cpu_count(),
+        "cpus": cpu_count(),
         "load_avg_1m": round(os.getloadavg()[0], 2),
         "first_run_with_avatar_build_s": round(build_s, 2),
         "runs": runs,

@@ -18,18 +18,21 @@ from pipelines.batch import (
     AVATAR3D_MISSING,
     PIPELINES,
     RESULTS_NAME,
+    BatchConfig,
     BatchItem,
     ItemResult,
     ManifestError,
     PortraitScheduler,
     ResultsLog,
     apply_default_seed,
+    build_parser,
     default_workers,
     load_manifest,
     main,
     run_item,
     run_local,
 )
+from pipelines.config_cli import config_from_args
 from pipelines.files import atomic_output
 from pipelines.motion_io import save_motion
 
@@ -69,22 +72,19 @@ def shared(tmp_path_factory):
     return {"folder": folder, "manifest": manifest, "cache": folder / "avatars"}
 
 
+def _render_shared(shared: dict, out: Path, *flags: str) -> int:
+    """The shared manifest rendered into `out` by two workers with the shared avatar cache; the exit code."""
+    cache = str(shared["cache"])
+    return main(
+        [str(shared["manifest"]), "-o", str(out), "--workers", "2", "--cache-dir", cache, "--quiet", *flags]
+    )
+
+
 @pytest.fixture(scope="module")
 def local_run(shared):
     """The manifest rendered by the local engine with two workers."""
     out = shared["folder"] / "out-local"
-    code = main(
-        [
-            str(shared["manifest"]),
-            "-o",
-            str(out),
-            "--workers",
-            "2",
-            "--cache-dir",
-            str(shared["cache"]),
-            "--quiet",
-        ]
-    )
+    code = _render_shared(shared, out)
     return {"out": out, "code": code, "rows": _results(out)}
 
 
@@ -110,18 +110,7 @@ def test_running_again_only_retries_the_failed_item(shared, local_run, capsys):
     out = local_run["out"]
     before = {n: (out / n).stat().st_mtime_ns for n in ("a.mp4", "b.mp4", "clips/c.mp4")}
     first = local_run["rows"]
-    code = main(
-        [
-            str(shared["manifest"]),
-            "-o",
-            str(out),
-            "--workers",
-            "2",
-            "--cache-dir",
-            str(shared["cache"]),
-            "--quiet",
-        ]
-    )
+    code = _render_shared(shared, out)
     assert code == 1
     rows = _results(out)
     for name, mtime in before.items():
@@ -136,10 +125,7 @@ def test_running_again_only_retries_the_failed_item(shared, local_run, capsys):
 def test_ray_engine_writes_the_same_results_as_the_local_engine(shared, local_run):
     pytest.importorskip("ray")
     out = shared["folder"] / "out-ray"
-    code = main(
-        [str(shared["manifest"]), "-o", str(out), "--engine", "ray", "--workers", "2",
-         "--cache-dir", str(shared["cache"]), "--quiet"]
-    )  # fmt: skip
+    code = _render_shared(shared, out, "--engine", "ray")
     assert code == local_run["code"] == 1
     rows = _results(out)
     same = ("output", "line", "pipeline", "status", "outputs", "error", "fingerprint")
@@ -403,6 +389,7 @@ def test_sigterm_and_ctrl_c_stop_the_batch_and_leave_nothing_half_made(tmp_path,
         from pathlib import Path
 
         import pipelines.batch as batch
+        import pipelines.batch.run as batch_run
         from pipelines.files import atomic_output
 
         def stand_in(item, out_dir, *rest):
@@ -422,7 +409,7 @@ def test_sigterm_and_ctrl_c_stop_the_batch_and_leave_nothing_half_made(tmp_path,
 
         if __name__ == "__main__":
             signal.signal(signal.SIGINT, signal.default_int_handler)  # even where it started ignored
-            batch.run_item, batch.import_pipeline = stand_in, no_warm_up
+            batch_run.run_item, batch_run.import_pipeline = stand_in, no_warm_up  # what run_batch hands workers
             sys.exit(batch.main(sys.argv[1:]))
         """,
     )
@@ -577,6 +564,25 @@ def test_ray_engine_without_ray_says_how_to_install_it(tmp_path, monkeypatch, ca
     manifest = _write_jsonl(tmp_path / "m.jsonl", [{"output": "a.mp4"}])
     assert main([str(manifest), "-o", str(tmp_path / "out"), "--engine", "ray", "--quiet"]) == 2
     assert "pip install 'headsplat[dist]'" in capsys.readouterr().err
+
+
+def test_every_flag_of_the_readme_sets_its_batch_config_field():
+    def parse(*flags: str) -> BatchConfig:
+        return config_from_args(BatchConfig, build_parser().parse_args(["m.jsonl", *flags]))
+
+    assert parse() == BatchConfig(
+        "m.jsonl", output_dir="out", engine="local", workers=None, threads=None, device="auto",
+        cache_dir=None, redo=False, ray_address=None, gpus_per_item=None, item_timeout=None, seed=None,
+        progress=True,
+    )  # fmt: skip
+    flags = ["-o", "o", "--workers", "3", "--threads", "2", "--device", "cpu", "--cache-dir", "c",
+             "--item-timeout", "1.5", "--redo", "--seed", "4", "--quiet", "--engine", "ray",
+             "--ray-address", "auto", "--gpus-per-item", "0.5"]  # fmt: skip
+    assert parse(*flags) == BatchConfig(
+        "m.jsonl", output_dir="o", engine="ray", workers=3, threads=2, device="cpu", cache_dir="c",
+        redo=True, ray_address="auto", gpus_per_item=0.5, item_timeout=1.5, seed=4, progress=False,
+    )  # fmt: skip
+    assert parse("--output-dir", "p").output_dir == "p"
 
 
 def test_default_workers_follow_cores_and_memory():
