@@ -15,8 +15,6 @@ Data sources (combine freely):
 from __future__ import annotations
 
 import argparse
-import csv
-import importlib
 import json
 import math
 import os
@@ -28,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.audio import Phone, speech_features
 from models.errors import HeadsplatError
 from models.latent import Motion
 from models.motion_diffusion import (
@@ -39,26 +36,18 @@ from models.motion_diffusion import (
     MotionModelConfig,
     count_parameters,
     generate_frames,
-    motion_to_array,
     postprocess,
 )
-from models.visemes import EMOTIONS, bilabial_closure, mouth_opening, teacher_motion
-from pipelines.audio_io import AUDIO_SUFFIXES, VIDEO_SUFFIXES, load_audio
+from models.visemes import EMOTIONS, bilabial_closure, mouth_opening
 from pipelines.cli import check_output, run_cli
 from pipelines.files import atomic_output, require_file
-from pipelines.motion_io import MOTION_SUFFIXES, load_motion
-
-
-@dataclass
-class Clip:
-    """One training or evaluation utterance, already turned into per-frame arrays."""
-
-    features: np.ndarray  # [T, D] audio features at the motion fps
-    motion: np.ndarray  # [T, 59] raw motion frames
-    emotion: np.ndarray  # [5] emotion one-hot times strength
-    blink_rate: float  # blink-rate multiplier the motion was made with (1 when unknown)
-    name: str
-    phones: list[Phone] = field(default_factory=list)  # known phones (synthetic corpus), for evaluation
+from pipelines.training_data import (
+    Clip,
+    corpus_clips,
+    paired_clips,
+    resolve_tracker,
+    video_clips,
+)
 
 
 @dataclass
@@ -93,128 +82,6 @@ class TrainConfig:
     """Motion frame rate (the model's)."""
     model: MotionModelConfig = field(default_factory=MotionModelConfig)
     """Network shape."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Data
-def _emotion_vector(emotion: str, strength: float) -> np.ndarray:
-    vec = np.zeros(len(EMOTIONS), np.float32)
-    if emotion == "neutral" or emotion not in EMOTIONS:
-        vec[0] = 1.0
-    else:
-        vec[EMOTIONS.index(emotion)] = strength
-    return vec
-
-
-def make_clip(audio: np.ndarray, motion: Motion, name: str, fps: float, emotion: str = "neutral",
-              strength: float = 0.0, blink_rate: float = 1.0, phones: Sequence[Phone] = ()) -> Clip:  # fmt: skip
-    """Pair 16 kHz samples [N] with a motion (resampled to `fps`, cut or padded to the audio's length)."""
-    feats = speech_features(audio, fps=fps)
-    if abs(motion.fps - fps) > 1e-6:
-        motion = motion.resample(fps)
-    values = motion_to_array(motion)
-    t = feats.num_frames
-    if values.shape[0] < t:  # hold the last pose over a short tail of audio
-        values = np.concatenate([values, np.repeat(values[-1:], t - values.shape[0], axis=0)])
-    return Clip(feats.values, values[:t], _emotion_vector(emotion, strength), blink_rate, name, list(phones))
-
-
-def corpus_clips(
-    root: Path, fps: float, relabel: bool = False, progress: bool = True
-) -> tuple[list[Clip], list[Clip]]:
-    """(training, held-out) clips of a synthetic corpus folder (its manifest.jsonl).
-
-    `relabel` recomputes each clip's motion with the current teacher from the stored phones and
-    controls (after a teacher change there is no need to synthesise and align the speech again).
-    """
-    from tqdm import tqdm
-
-    manifest = require_file(root / "manifest.jsonl", "corpus manifest")
-    train, held = [], []
-    lines = [line for line in manifest.read_text().splitlines() if line.strip()]
-    for line in tqdm(lines, desc="reading corpus", disable=not progress):
-        entry = json.loads(line)
-        audio = load_audio(root / entry["audio"])
-        controls = entry.get("controls", {})
-        phones = [Phone(label, start, end) for label, start, end in entry.get("phones", [])]
-        if relabel:
-            feats = speech_features(audio, fps=fps)
-            motion = teacher_motion(
-                phones, feats.num_frames, fps, feats.energy_db, feats.f0_hz, None, seed=controls.get("seed", 0),
-                emotion=controls.get("emotion", "neutral"), emotion_strength=controls.get("emotion_strength", 0.0),
-                blink_rate=controls.get("blink_rate", 1.0),
-            )  # fmt: skip
-        else:
-            motion = load_motion(root / entry["motion"])
-        clip = make_clip(
-            audio, motion, entry["id"], fps, controls.get("emotion", "neutral"),
-            controls.get("emotion_strength", 0.0), controls.get("blink_rate", 1.0), phones,
-        )  # fmt: skip
-        (held if entry.get("split") == "held_out" else train).append(clip)
-    return train, held
-
-
-def _manifest_pairs(path: Path) -> list[tuple[Path, Path]]:
-    root = path.parent
-    if path.suffix.lower() == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    elif path.suffix.lower() == ".csv":
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    else:
-        raise HeadsplatError(f"manifest {path.name} must be .jsonl or .csv with 'audio' and 'motion' columns")
-    try:
-        return [(root / r["audio"], root / r["motion"]) for r in rows]
-    except KeyError as err:
-        raise HeadsplatError(f"manifest {path.name} lacks the {err.args[0]!r} column") from err
-
-
-def pair_files(path: Path) -> list[tuple[Path, Path]]:
-    """(audio, motion) file pairs from a folder (matched by file stem) or a manifest."""
-    if path.is_file():
-        return _manifest_pairs(path)
-    if not path.is_dir():
-        raise HeadsplatError(f"pairs not found: {path}")
-    motions = {p.stem: p for p in sorted(path.iterdir()) if p.suffix.lower() in MOTION_SUFFIXES}
-    pairs = []
-    for p in sorted(path.iterdir()):
-        if p.suffix.lower() in AUDIO_SUFFIXES + VIDEO_SUFFIXES and p.stem in motions:
-            pairs.append((p, motions[p.stem]))
-    if not pairs:
-        raise HeadsplatError(f"no audio file in {path} has a motion file of the same name (.npz/.json/.csv)")
-    return pairs
-
-
-def paired_clips(path: Path, fps: float) -> list[Clip]:
-    """Clips from real (audio, motion) pairs; their emotion is neutral and blink rate 1."""
-    return [make_clip(load_audio(a), load_motion(m), a.stem, fps) for a, m in pair_files(path)]
-
-
-def resolve_tracker(spec: str) -> Callable[[Path], Motion]:
-    """`package.module:function` → the callable that tracks a video file into a Motion."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise HeadsplatError(f"--tracker must look like package.module:function, got {spec!r}")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise HeadsplatError(f"cannot load tracker {spec!r}: {err}") from err
-
-
-def video_clips(folder: Path, track: Callable[[Path], Motion], fps: float) -> list[Clip]:
-    """Clips from talking videos: motion from `track(video)`, audio from the video's own track."""
-    videos = sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
-    if not videos:
-        raise HeadsplatError(f"no videos ({', '.join(VIDEO_SUFFIXES)}) in {folder}")
-    clips = []
-    for video in videos:
-        motion = track(video)
-        if not isinstance(motion, Motion):
-            raise HeadsplatError(
-                f"the tracker returned {type(motion).__name__} for {video.name}, not a Motion"
-            )
-        clips.append(make_clip(load_audio(video), motion, video.stem, fps))
-    return clips
 
 
 # --------------------------------------------------------------------------------------------------

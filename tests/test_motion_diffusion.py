@@ -12,9 +12,11 @@ import torch
 from models.audio import FeatureConfig, align_phones, speech_features
 from models.errors import HeadsplatError
 from models.motion_diffusion import (
+    MAX_STEPS,
     MOTION_DIM,
     GenerationControls,
     GuidedDenoiser,
+    MotionControls,
     MotionDenoiser,
     MotionModelConfig,
     count_parameters,
@@ -25,7 +27,8 @@ from models.motion_diffusion import (
 from models.visemes import LIPS_CLOSED_BELOW, bilabial_closure, mouth_opening, teacher_motion
 from pipelines.audio_io import load_audio
 from pipelines.audio_to_motion import DEFAULT_WEIGHTS, STREAM_CHUNK, AudioToMotion, load_model
-from pipelines.train_motion import Clip, TrainConfig, diffusion_loss, sample_batch, save_weights, train
+from pipelines.train_motion import TrainConfig, diffusion_loss, sample_batch, save_weights, train
+from pipelines.training_data import Clip
 
 TINY = MotionModelConfig(width=16, depth=2, heads=2, max_frames=48, context=4)
 D = FeatureConfig().dim
@@ -147,6 +150,8 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
         GenerationControls(steps=0).check()
     with pytest.raises(HeadsplatError, match="emotion"):
         GenerationControls(emotion="bored").check()
+    with pytest.raises(HeadsplatError, match=f"steps must be 1-{MAX_STEPS}"):
+        GenerationControls(steps=MAX_STEPS + 1).check()
     bad = tmp_path / "motion_diffusion.safetensors"
     bad.write_bytes(b"garbage that is not safetensors")
     save_weights(net, tmp_path / "ok.safetensors", {})
@@ -254,6 +259,17 @@ def test_controls_work(model, sentence):
     assert happy["mouthSmile_L"].mean() > base["mouthSmile_L"].mean() + 0.1
     at_30 = model.generate(audio, 16000, fps=30)
     assert at_30.fps == 30 and abs(at_30.duration - base.duration) < 0.05
+
+
+def test_pipeline_controls_carry_over_to_generation_and_steps_0_is_the_teacher():
+    MotionControls(steps=0).check()  # a pipeline may ask for the teacher ...
+    with pytest.raises(HeadsplatError, match="steps"):
+        MotionControls(steps=MAX_STEPS + 1).check()  # ... but not for more steps than the limit
+    controls = GenerationControls.from_controls(
+        MotionControls(seed=4, pose_scale=0.5, still=True), guidance=2.0
+    )
+    assert (controls.seed, controls.pose_scale, controls.still, controls.guidance) == (4, 0.5, True, 2.0)
+    assert controls.steps == MotionControls().steps and controls.voice_gate
 
 
 def test_teacher_fallback_with_a_transcript(sentence):
