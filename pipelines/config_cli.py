@@ -45,7 +45,8 @@ class Flag:
     metavar: str | None = None
     default_help: str | None = None  # how the default reads in --help, when its value says it badly
     inverse: str | None = None  # a bool field that defaults True, set False by this flag ("--quiet")
-    hidden: bool = False  # not a flag at all (filled in by code)
+    hidden: bool = False  # neither a flag nor a manifest key (filled in by code)
+    cli: bool = True  # False: a config key (a batch manifest may set it) that has no command-line flag
 
 
 def flag(*names: str, **options) -> dict:
@@ -54,8 +55,13 @@ def flag(*names: str, **options) -> dict:
 
 
 def no_flag() -> dict:
-    """Field metadata for a field that is never a command-line flag."""
+    """Field metadata for a field that is never a command-line flag nor a manifest key."""
     return {_KEY: Flag(hidden=True)}
+
+
+def key_only() -> dict:
+    """Field metadata for a config key without a flag (a tuple a manifest gives as a list, say)."""
+    return {_KEY: Flag(cli=False)}
 
 
 @functools.cache
@@ -100,7 +106,7 @@ def _default(field: dataclasses.Field) -> typing.Any:
 
 
 def cli_fields(cls: type) -> Iterable[tuple[dataclasses.Field, Flag]]:
-    """The fields of `cls` that are flags, with how each appears."""
+    """The fields of `cls` that are flags or manifest keys, with how each appears."""
     for field in dataclasses.fields(cls):
         spec = field.metadata.get(_KEY, Flag())
         if not spec.hidden:
@@ -123,7 +129,7 @@ def add_config_arguments(
     docs = field_docs(cls)
     skip, only = set(skip), None if only is None else set(only)
     for field, spec in cli_fields(cls):
-        if field.name in skip or (only is not None and field.name not in only):
+        if not spec.cli or field.name in skip or (only is not None and field.name not in only):
             continue
         target = (groups or {}).get(field.name, parser)
         kind, optional = _base_type(hints[field.name])
@@ -166,6 +172,6 @@ def config_from_args(cls: type, args: argparse.Namespace, **overrides) -> typing
 
 
 def config_keys(cls: type) -> dict[str, typing.Any]:
-    """{field name: type without None} of the fields that are flags: what a batch manifest may set."""
+    """{field name: type without None} of the fields that are flags or key_only(): what a manifest may set."""
     hints = typing.get_type_hints(cls)
     return {field.name: _base_type(hints[field.name])[0] for field, _ in cli_fields(cls)}

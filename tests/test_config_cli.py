@@ -11,6 +11,7 @@ from pipelines.config_cli import (
     config_keys,
     field_docs,
     flag,
+    key_only,
     no_flag,
 )
 
@@ -43,6 +44,8 @@ class Example:
     """A range."""
     internal: int = field(default=7, metadata=no_flag())
     """Set by code."""
+    colour: tuple[float, float, float] = field(default=(1.0, 1.0, 1.0), metadata=key_only())
+    """A manifest key without a flag."""
 
 
 def _parser(**kwargs) -> argparse.ArgumentParser:
@@ -58,7 +61,7 @@ def test_docstrings_under_fields_are_the_help():
     help_text = " ".join(_parser().format_help().split())
     assert "-s IMAGE, --image IMAGE Portrait photo, over two lines. (default: the shipped one)" in help_text
     assert "--scale SCALE A scale. (default: 1.5)" in help_text
-    assert "--internal" not in help_text
+    assert "--internal" not in help_text and "--colour" not in help_text
 
 
 def test_defaults_round_trip_to_the_config():
@@ -70,7 +73,7 @@ def test_every_kind_of_field_parses():
     args = ["--prompt", "p", "-s", "me.png", "--size", "256", "--scale", "0.5", "--emotion", "happy"]
     args += ["--still", "--quiet", "--window", "0.2,0.8"]
     cfg = config_from_args(Example, _parser().parse_args(args), internal=3)
-    assert cfg == Example("p", "me.png", 256, 0.5, "happy", True, False, (0.2, 0.8), 3)
+    assert cfg == Example("p", "me.png", 256, 0.5, "happy", True, False, (0.2, 0.8), 3, (1.0, 1.0, 1.0))
 
 
 def test_bad_values_and_missing_required_flags_are_refused():
@@ -94,4 +97,4 @@ def test_skip_only_and_groups():
 def test_config_keys_are_the_flag_fields_with_their_types():
     keys = config_keys(Example)
     assert keys["size"] is int and keys["scale"] is float and keys["still"] is bool
-    assert "internal" not in keys
+    assert "internal" not in keys and keys["colour"] == tuple[float, float, float]
