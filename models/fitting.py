@@ -1,17 +1,19 @@
-"""Fit the ICT-FaceKit head to MediaPipe face-mesh landmarks: identity, expression, head pose, focal length.
+"""Fit the ICT-FaceKit head to face landmarks: identity, expression, head pose, focal length.
 
-Camera (used everywhere in headsplat, see `project`): a pinhole with the principal point at the image
-centre in OpenCV's convention (x right, y down, z forward). The head model's world is y up with the face
-looking along +z, so the camera sits at the world origin looking down −z: camera coordinates are
-(x, −y, −z) of world coordinates (a 180° turn about x), and a head in front of the camera has a negative
-world z (about −50 cm for a portrait). A posed head is `HeadModel.vertices(identity, expression,
-rotation, translation)`; its pixels are `project(vertices, camera)`.
+The camera is the portrait's, `renderers.camera.Camera.photo`: at the world origin looking along −z at
+the head model (y up, face along +z), principal point at the image centre. A posed head is
+`HeadModel.vertices(identity, expression, rotation, translation)`; its pixels are `fit.camera.project`.
+Landmarks are in OpenCV's pixel convention (pixel centres at whole coordinates, as MediaPipe gives them),
+so the fitter projects with `OPENCV_PIXEL_CENTRE`: half a pixel from the renderer's, same camera.
 
-The fit uses only the 468 correspondence points (`weights/ict_mediapipe_correspondence.npz`, a fixed
-MediaPipe-landmark → ICT triangle + barycentric map) and a Levenberg–Marquardt solver with analytic
-Jacobians in numpy (fast enough for video: a warm-started tracking step is a few milliseconds).
-Expression weights stay in [0, 1] (projected steps with an active set); identity and expression have
-Gaussian priors; MediaPipe's relative depth (z) adds a weak depth term.
+The fit uses only the landmarks' ICT points (`models.landmark_correspondence`) and a Levenberg–Marquardt
+solver with analytic Jacobians in numpy (fast enough for video: a warm-started tracking step is a few
+milliseconds). Expression weights stay in [0, 1] (projected steps with an active set); identity and
+expression have Gaussian priors; MediaPipe's relative depth (z) adds a weak depth term. Gaze comes from
+the iris centres afterwards (`models.gaze`).
+
+Re-exported where callers have always found them: `FaceFit` and the fit's camera helpers (`models.face_fit`),
+pose algebra (`models.transforms`), landmark smoothing (`models.landmark_smoothing`), `Camera`.
 """
 
 from __future__ import annotations
@@ -19,21 +21,35 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from models.errors import HeadsplatError
-from models.head_model import VERTEX_REGIONS, HeadModel
-from models.latent import EXPRESSION_INDEX, EYE_LOOK_RANGE_RAD, NUM_EXPRESSIONS, Identity
-from models.transforms import euler_to_matrix, matrix_to_euler
+from models.face_fit import (
+    FaceFit,
+    default_focal,
+    expression_value,
+    landmark_principal_point,
+    project,
+    world_to_camera,
+)
+from models.gaze import EyeGaze
+from models.head_model import HeadModel
+from models.landmark_correspondence import CORRESPONDENCE, LANDMARK_SCHEMES, LandmarkCorrespondence
+from models.landmark_smoothing import OneEuroFilter, smooth_landmarks
+from models.latent import EXPRESSION_INDEX, NUM_EXPRESSIONS, Identity
+from models.transforms import compose_pose, euler_to_matrix_and_derivatives, matrix_to_euler, relative_pose
+from renderers.camera import (
+    OPENCV_PIXEL_CENTRE,
+    PHOTO_WORLD_TO_CAMERA,
+    Camera,
+    project_points,
+    projection_jacobian,
+)
 
-CORRESPONDENCE = Path(__file__).resolve().parents[1] / "weights" / "ict_mediapipe_correspondence.npz"
-#: Camera coordinates = world coordinates times this (a 180° rotation about x).
-WORLD_TO_CAMERA = (1.0, -1.0, -1.0)
-RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 33, 263
+_WORLD_TO_CAMERA = np.array(PHOTO_WORLD_TO_CAMERA)  # float64, for the numpy solver
+_AXES = _WORLD_TO_CAMERA[:3, :3]  # the photo camera's axes (rows) in world axes
 #: Shapes that move the same points in opposite directions; both active at once is never meant.
 ANTAGONISTS = tuple(
     (EXPRESSION_INDEX[a], EXPRESSION_INDEX[b])
@@ -48,91 +64,6 @@ ANTAGONISTS = tuple(
 )  # fmt: skip
 _ANT_A = np.array([a for a, _ in ANTAGONISTS])
 _ANT_B = np.array([b for _, b in ANTAGONISTS])
-_LIP_AND_EYE_CONTOURS = (
-    61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 185, 40, 39, 37, 0, 267, 269, 270, 409,
-    78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 191, 80, 81, 82, 13, 312, 311, 310, 415,
-    33, 7, 163, 144, 145, 153, 154, 155, 133, 246, 161, 160, 159, 158, 157, 173,
-    263, 249, 390, 373, 374, 380, 381, 382, 362, 466, 388, 387, 386, 385, 384, 398,
-)  # fmt: skip
-#: Landmark schemes: (number of points, (right, left) outer eye corners, lip/eye contour points, jaw line).
-LANDMARK_SCHEMES = {
-    "mediapipe468": (468, (RIGHT_EYE_OUTER, LEFT_EYE_OUTER), _LIP_AND_EYE_CONTOURS, ()),
-    "ibug68": (68, (36, 45), tuple(range(36, 68)), tuple(range(17))),
-}
-
-
-# ------------------------------------------------------------------------------------------------
-# Camera
-@dataclass
-class Camera:
-    """Pinhole camera, principal point at the image centre, OpenCV axes (see the module docstring)."""
-
-    focal_px: float  # focal length in pixels
-    width: int  # image width in pixels
-    height: int  # image height in pixels
-
-    @property
-    def centre(self) -> tuple[float, float]:
-        """Principal point (cx, cy) in pixels: the image centre (pixel centres at integer coordinates)."""
-        return (self.width - 1) / 2.0, (self.height - 1) / 2.0
-
-    def intrinsics(self) -> np.ndarray:
-        """3×3 OpenCV camera matrix K."""
-        cx, cy = self.centre
-        return np.array([[self.focal_px, 0, cx], [0, self.focal_px, cy], [0, 0, 1]], np.float64)
-
-    @staticmethod
-    def default_focal(width: int, height: int) -> float:
-        """A prior focal length (pixels) when none is known: a ~50 mm-equivalent lens (1.2 × the longer side)."""
-        return 1.2 * max(width, height)
-
-
-def world_to_camera(vertices):  # [..., 3] world cm → [..., 3] camera cm (numpy or torch)
-    """OpenCV camera coordinates (x right, y down, z forward) of head-world points."""
-    return (
-        vertices * vertices.new_tensor(WORLD_TO_CAMERA)
-        if isinstance(vertices, Tensor)
-        else (np.asarray(vertices) * np.asarray(WORLD_TO_CAMERA, dtype=np.asarray(vertices).dtype))
-    )
-
-
-def project(vertices, camera: Camera):  # vertices: [..., V, 3] world cm → [..., V, 2] pixels
-    """Image pixels (x right, y down) of head-world points: u = f·x/z + cx, v = f·y/z + cy in camera axes.
-
-    Camera axes are (x, −y, −z) of world axes; works on torch tensors and numpy arrays alike.
-    """
-    cam = world_to_camera(vertices)
-    cx, cy = camera.centre
-    depth = cam[..., 2:3]
-    if isinstance(cam, Tensor):
-        depth = depth.clamp_min(1e-6)
-        offset = cam.new_tensor([cx, cy])
-    else:
-        depth = np.maximum(depth, 1e-6)
-        offset = np.asarray([cx, cy], cam.dtype)
-    return camera.focal_px * cam[..., :2] / depth + offset
-
-
-def compose_pose(rest_rotation, rest_translation, rotation, translation) -> tuple[np.ndarray, np.ndarray]:
-    """Absolute head pose from a rest pose and a relative one: R = R_rest · R_rel, t = t_rest + t_rel.
-
-    Shapes: rest [3], relative [..., 3] (radians, cm); returns absolute [..., 3] pairs. The relative
-    rotation turns the head about its own axes (a nod stays a nod on a turned head).
-    """
-    rest = euler_to_matrix(torch.as_tensor(np.asarray(rest_rotation, np.float64)))
-    rel = euler_to_matrix(torch.as_tensor(np.asarray(rotation, np.float64)))
-    absolute = matrix_to_euler(rest @ rel).numpy()
-    return absolute.astype(np.float32), (np.asarray(rest_translation) + np.asarray(translation)).astype(
-        np.float32
-    )
-
-
-def relative_pose(rest_rotation, rest_translation, rotation, translation) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse of `compose_pose`: the pose [..., 3] relative to a rest pose [3]."""
-    rest = euler_to_matrix(torch.as_tensor(np.asarray(rest_rotation, np.float64)))
-    absolute = euler_to_matrix(torch.as_tensor(np.asarray(rotation, np.float64)))
-    rel = matrix_to_euler(rest.transpose(-1, -2) @ absolute).numpy()
-    return rel.astype(np.float32), (np.asarray(translation) - np.asarray(rest_translation)).astype(np.float32)
 
 
 _BLAS = None
@@ -153,34 +84,7 @@ def _single_threaded_blas():
 
 
 # ------------------------------------------------------------------------------------------------
-# Results and settings
-@dataclass
-class FaceFit:
-    """The head fitted to one image: ICT parameters, pose in the world and the camera."""
-
-    identity: np.ndarray  # [K] ICT identity coefficients
-    expression: np.ndarray  # [53] weights in [0, 1]
-    rotation: np.ndarray  # [3] pitch, yaw, roll (radians), absolute
-    translation: np.ndarray  # [3] cm, world (head about −50 cm along z in front of the camera)
-    focal_px: float  # focal length in pixels
-    image_size: tuple[int, int]  # (width, height)
-    error_px: float = 0.0  # mean 2D distance between observed and fitted landmarks (pixels)
-    inter_ocular_px: float = 0.0  # observed outer-eye-corner distance (pixels), the error's scale
-
-    @property
-    def camera(self) -> Camera:
-        return Camera(self.focal_px, *self.image_size)
-
-    @property
-    def relative_error(self) -> float:
-        """Mean landmark error as a fraction of the inter-ocular distance."""
-        return self.error_px / max(self.inter_ocular_px, 1e-9)
-
-    def to_identity(self) -> Identity:
-        """The identity latent, with this fit as its rest pose and camera."""
-        return Identity(self.identity, self.rotation, self.translation, self.focal_px, self.image_size)
-
-
+# Settings
 @dataclass
 class FitConfig:
     """Settings of `FaceFitter`."""
@@ -229,26 +133,6 @@ class _Frame:
     iris: np.ndarray | None = None  # [2, 2] observed iris centres (pixels), if any
 
 
-def _euler_derivatives(angles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """R = Ry(yaw) Rx(pitch) Rz(roll) [3, 3] and its derivatives [3 (pitch, yaw, roll), 3, 3]."""
-    pitch, yaw, roll = angles
-    cp, sp, cy, sy, cr, sr = (
-        math.cos(pitch),
-        math.sin(pitch),
-        math.cos(yaw),
-        math.sin(yaw),
-        math.cos(roll),
-        math.sin(roll),
-    )
-    rx = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rz = np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]])
-    drx = np.array([[0, 0, 0], [0, -sp, -cp], [0, cp, -sp]])
-    dry = np.array([[-sy, 0, cy], [0, 0, 0], [-cy, 0, -sy]])
-    drz = np.array([[-sr, -cr, 0], [cr, -sr, 0], [0, 0, 0]])
-    return ry @ rx @ rz, np.stack([ry @ drx @ rz, dry @ rx @ rz, ry @ rx @ drz])
-
-
 class FaceFitter:
     """Fits ICT identity/expression/pose/focal to MediaPipe landmarks (numpy; analytic Jacobians)."""
 
@@ -266,47 +150,32 @@ class FaceFitter:
         head = head or HeadModel(num_identity=max(k, 1))
         if k > head.num_identity:
             raise HeadsplatError(f"asked to fit {k} identity modes; the head model has {head.num_identity}")
-        if scheme not in LANDMARK_SCHEMES:
-            raise HeadsplatError(
-                f"unknown landmark scheme {scheme!r}; use one of {', '.join(LANDMARK_SCHEMES)}"
-            )
+        self.correspondence = LandmarkCorrespondence.load(scheme, head, correspondence)
         self.scheme = scheme
-        self.num_landmarks, (self._right_eye, self._left_eye), contours, silhouette = LANDMARK_SCHEMES[scheme]
-        if scheme == "ibug68":
-            self.landmark_index = np.arange(68)
-            triangle = np.repeat(head.landmarks68.numpy().astype(np.int64)[:, None], 3, axis=1)
-            bary = np.tile([1.0, 0.0, 0.0], (68, 1))
-        else:
-            try:
-                with np.load(correspondence) as data:
-                    self.landmark_index = data["mediapipe_index"].astype(np.int64)  # [M] into the 468
-                    triangle = data["triangle"].astype(np.int64)  # [M, 3] ICT vertices
-                    bary = data["barycentric"].astype(np.float64)  # [M, 3]
-            except FileNotFoundError as err:
-                raise HeadsplatError(
-                    f"correspondence file missing: {correspondence}; run python weights/build_correspondence.py"
-                ) from err
-        self.triangle, self.barycentric = triangle, bary
+        self.num_landmarks = self.correspondence.num_landmarks
+        self._right_eye, self._left_eye = self.correspondence.eye_corners
+        self.landmark_index = (
+            self.correspondence.landmark_index
+        )  # [M] rows of the landmarks with an ICT point
+        self.triangle = self.correspondence.triangle  # [M, 3] ICT vertices
+        self.barycentric = self.correspondence.barycentric  # [M, 3]
         self.pivot = head.pivot.numpy().astype(np.float64)
-
-        def at_points(flat: Tensor, count: int) -> np.ndarray:  # [count, V*3] → [count, M, 3]
-            verts = flat.reshape(count, -1, 3)[:, triangle].double().numpy()  # [count, M, 3, 3]
-            return np.einsum("nmkc,mk->nmc", verts, bary)
-
-        self.neutral = at_points(head.neutral.reshape(1, -1), 1)[0]  # [M, 3]
-        self.expression_basis = at_points(head.expression_basis, NUM_EXPRESSIONS)  # [53, M, 3]
-        self.identity_basis = at_points(head.identity_basis[:k], k) if k else np.zeros((0, len(triangle), 3))
+        at_points = self.correspondence.points
+        self.neutral = at_points(head.neutral.reshape(1, -1))[0]  # [M, 3]
+        self.expression_basis = at_points(head.expression_basis)  # [53, M, 3]
+        m = len(self.triangle)
+        self.identity_basis = at_points(head.identity_basis[:k]) if k else np.zeros((0, m, 3))
         # Point-major copies [M, 3, n] so per-point Jacobians are batched matrix products.
         self._expression_by_point = np.ascontiguousarray(self.expression_basis.transpose(1, 2, 0))
         self._identity_by_point = np.ascontiguousarray(self.identity_basis.transpose(1, 2, 0))
         self._expression_flat = self.expression_basis.reshape(NUM_EXPRESSIONS, -1)
-        self._identity_flat = self.identity_basis.reshape(k, 3 * len(triangle))
+        self._identity_flat = self.identity_basis.reshape(k, 3 * m)
         self.num_identity = k
         self.num_points = len(self.landmark_index)
         weights = np.ones(self.num_points)
-        weights[np.isin(self.landmark_index, contours)] = self.config.contour_weight
+        weights[np.isin(self.landmark_index, self.correspondence.contours)] = self.config.contour_weight
         # 2D jaw-line points follow the visible outline, not fixed skin points: trust them less.
-        weights[np.isin(self.landmark_index, silhouette)] = 0.5
+        weights[np.isin(self.landmark_index, self.correspondence.silhouette)] = 0.5
         self.point_weight = weights
         # Per-frame parameters the solver may move (expression weights, then 3 rotation, 3 translation).
         self.frame_free = np.ones(NUM_EXPRESSIONS + 6, bool)
@@ -314,88 +183,16 @@ class FaceFitter:
             for name, i in EXPRESSION_INDEX.items():
                 if name.startswith("eyeLook"):
                     self.frame_free[i] = False
-        self._setup_eyes(head)
+        self.gaze = EyeGaze(head, k)
         self._eye_rows = (
             int(np.nonzero(self.landmark_index == self._right_eye)[0][0]),
             int(np.nonzero(self.landmark_index == self._left_eye)[0][0]),
         )
 
-    def _setup_eyes(self, head: HeadModel) -> None:
-        """Eyeball rotation centres (a sphere fitted to each eyeball, cornea excluded) and the cornea apex."""
-        neutral = head.neutral.numpy().astype(np.float64)
-        basis = head.identity_basis[: self.num_identity].reshape(self.num_identity, -1, 3).double().numpy()
-        centres, apexes, shifts = [], [], []
-        for side in ("right", "left"):  # subject's right eye first, as the iris centres come
-            start, stop = VERTEX_REGIONS[f"eyeball_{side}"]
-            iris_start, iris_stop = VERTEX_REGIONS[f"iris_{side}"]
-            ball = np.setdiff1d(np.arange(start, stop), np.arange(iris_start, iris_stop))
-            pts = neutral[ball]
-            solution = np.linalg.lstsq(np.c_[2 * pts, np.ones(len(pts))], (pts**2).sum(1), rcond=None)[0]
-            iris = np.arange(iris_start, iris_stop)
-            apex = iris[np.argmax(neutral[iris, 2])]  # the front of the cornea
-            centres.append(solution[:3])
-            apexes.append(neutral[apex])
-            # Identity moves an eyeball rigidly (to first order): by its vertices' mean offset.
-            shifts.append(basis[:, start:stop].mean(1))
-        self._eye_centre = np.stack(centres)  # [2, 3] head cm
-        self._eye_gaze = np.stack(apexes) - self._eye_centre  # [2, 3] centre → cornea apex at rest
-        self._eye_shift = np.stack(shifts, 1) if self.num_identity else np.zeros((0, 2, 3))  # [K, 2, 3]
-
     def fit_gaze(self, fit: FaceFit, iris: np.ndarray) -> FaceFit:
-        """`fit` with its eyeLook* weights set from iris centres [2, 2] (pixels; subject's right, left).
-
-        Each eyeball turns about its centre (yaw, pitch relative to the head) until its cornea apex projects
-        onto the iris centre; angles map to the eyeLook shapes at `EYE_LOOK_RANGE_RAD` per unit weight.
-        """
-        iris = np.asarray(iris, np.float64)
-        if iris.shape != (2, 2) or not np.all(np.isfinite(iris)):
-            raise HeadsplatError(f"iris centres must be a finite [2, 2] array; got {list(iris.shape)}")
-        head_rot, _ = _euler_derivatives(np.asarray(fit.rotation, np.float64))
-        shift = np.tensordot(np.asarray(fit.identity, np.float64)[: self.num_identity], self._eye_shift, 1)
-        camera = fit.camera
-        expression = fit.expression.astype(np.float64).copy()
-        for eye, side in enumerate(("_R", "_L")):
-            centre = self._eye_centre[eye] + (shift[eye] if len(shift) else 0.0)
-
-            # Where the camera ray through the iris centre meets the eyeball (the cornea-apex sphere about the
-            # eye's centre), nearest the camera; a ray that misses takes the sphere point closest to it.
-            eye_world = (centre - self.pivot) @ head_rot.T + self.pivot + fit.translation
-            radius = float(np.linalg.norm(self._eye_gaze[eye]))
-            cx, cy = camera.centre
-            ray = np.array(
-                [(iris[eye, 0] - cx) / camera.focal_px, (iris[eye, 1] - cy) / camera.focal_px, 1.0]
-            )
-            ray = ray * WORLD_TO_CAMERA / np.linalg.norm(ray)  # camera axes → world axes
-            along = float(ray @ eye_world)
-            reach = along**2 - float(eye_world @ eye_world) + radius**2
-            hit = (along - math.sqrt(reach)) * ray if reach > 0 else along * ray
-            direction = head_rot.T @ (hit - eye_world)  # in the head frame
-            direction *= radius / max(float(np.linalg.norm(direction)), 1e-9)
-            # Solve Ry(yaw) · Rx(pitch) · g = direction for the rest gaze vector g.
-            g = self._eye_gaze[eye]
-            amplitude = math.hypot(g[1], g[2])
-            pitch = math.acos(float(np.clip(direction[1] / amplitude, -1.0, 1.0))) - math.atan2(g[2], g[1])
-            pitch = math.remainder(pitch, 2 * math.pi)
-            turned = np.array(
-                [
-                    g[0],
-                    g[1] * math.cos(pitch) - g[2] * math.sin(pitch),
-                    g[1] * math.sin(pitch) + g[2] * math.cos(pitch),
-                ]
-            )
-            yaw = math.atan2(direction[0], direction[2]) - math.atan2(turned[0], turned[2])
-            angles = np.clip([math.remainder(yaw, 2 * math.pi), pitch], -0.8, 0.8)
-            yaw, pitch = angles / EYE_LOOK_RANGE_RAD
-            # Looking out turns the left eye towards +x (positive yaw) and the right eye towards −x.
-            out = yaw if side == "_L" else -yaw
-            for name, value in (
-                ("eyeLookOut", out),
-                ("eyeLookIn", -out),
-                ("eyeLookDown", pitch),
-                ("eyeLookUp", -pitch),
-            ):
-                expression[EXPRESSION_INDEX[name + side]] = np.clip(value, 0.0, 1.0)
-        return replace(fit, expression=expression.astype(np.float32))
+        """`fit` with its eyeLook* weights set from iris centres [2, 2] (pixels; subject's right, left):
+        see `models.gaze`."""
+        return replace(fit, expression=self.gaze.expression(fit, iris))
 
     # --------------------------------------------------------------------------------------------
     def points(self, identity: np.ndarray, expression: np.ndarray, rotation, translation) -> np.ndarray:
@@ -403,7 +200,7 @@ class FaceFitter:
         shape = self._shape(
             np.asarray(identity, np.float64)[: self.num_identity], np.asarray(expression, np.float64)
         )
-        rot, _ = _euler_derivatives(np.asarray(rotation, np.float64))
+        rot, _ = euler_to_matrix_and_derivatives(np.asarray(rotation, np.float64))
         return (shape - self.pivot) @ rot.T + self.pivot + np.asarray(translation, np.float64)
 
     def points_from_params(self, params: np.ndarray, shared: np.ndarray) -> np.ndarray:
@@ -451,13 +248,13 @@ class FaceFitter:
         k = self.num_identity
         w, rot_angles, trans = frame.params[:NUM_EXPRESSIONS], frame.params[53:56], frame.params[56:59]
         identity, focal = shared[:k], math.exp(shared[k])
-        cx, cy = (size[0] - 1) / 2.0, (size[1] - 1) / 2.0
+        cx, cy = landmark_principal_point(*size)
         q = self._shape(identity, w) - self.pivot  # [M, 3]
-        rot, drot = _euler_derivatives(rot_angles)
+        rot, drot = euler_to_matrix_and_derivatives(rot_angles)
         world = q @ rot.T + self.pivot + trans
-        cam = world * WORLD_TO_CAMERA
-        z = np.maximum(cam[:, 2], 1e-3)
-        uv = focal * cam[:, :2] / z[:, None] + (cx, cy)
+        projected = project_points(world, focal, focal, cx, cy, _WORLD_TO_CAMERA, min_depth=1e-3)
+        uv, depth = projected[:, :2], projected[:, 2]
+        z = np.maximum(depth, 1e-3)
         unit = frame.scale * self.config.landmark_noise  # pixels of one expected landmark error
         sw = np.sqrt(self.point_weight) / unit  # [M]
         res = [((uv - frame.uv) * sw[:, None]).reshape(-1)]
@@ -466,20 +263,14 @@ class FaceFitter:
             # MediaPipe z is depth in pixels at the face's distance: compare centred depths.
             depth_w = math.sqrt(self.config.depth_weight) / unit
             px_per_cm = frame.px_per_cm or focal / float(z.mean())
-            pred = px_per_cm * (cam[:, 2] - cam[:, 2].mean())
+            pred = px_per_cm * (depth - depth.mean())
             obs = frame.depth - frame.depth.mean()
             res.append((pred - obs) * depth_w)
         residual = np.concatenate(res)
         if not want_jacobian:
             return residual, uv
         m = self.num_points
-        # d(u, v)/d(world point): camera Jacobian times the world→camera axis flip.
-        duv = np.zeros((m, 2, 3))
-        duv[:, 0, 0] = focal / z
-        duv[:, 1, 1] = focal / z
-        duv[:, 0, 2] = -focal * cam[:, 0] / z**2
-        duv[:, 1, 2] = -focal * cam[:, 1] / z**2
-        duv *= WORLD_TO_CAMERA
+        duv = projection_jacobian(world, focal, focal, _WORLD_TO_CAMERA, min_depth=1e-3)  # [M, 2, 3]
         duv *= sw[:, None, None]
         dshape = duv @ rot  # d(u, v)/d(unposed shape point)  [M, 2, 3]
         j_frame = np.empty((m, 2, NUM_EXPRESSIONS + 6))
@@ -495,12 +286,12 @@ class FaceFitter:
             j_shared[:, :, k] = (uv - (cx, cy)) * sw[:, None]
             j_shared = j_shared.reshape(2 * m, -1)
         if frame.depth is not None:
-            # d(camera z)/d(world) = −e_z; the px-per-cm factor is held fixed within a step.
-            dz_shape = -rot[2] * px_per_cm * depth_w  # [3] per unposed point
+            # d(camera z)/d(world) is the camera's z axis in world axes; px-per-cm is held fixed within a step.
+            dz_shape = (_AXES[2] @ rot) * px_per_cm * depth_w  # [3] per unposed point
             jz_frame = np.empty((m, NUM_EXPRESSIONS + 6))
             jz_frame[:, :NUM_EXPRESSIONS] = dz_shape @ self._expression_by_point
-            jz_frame[:, 53:56] = -(q @ drot.transpose(0, 2, 1))[:, :, 2].T * px_per_cm * depth_w
-            jz_frame[:, 56:59] = np.array([0.0, 0.0, -px_per_cm * depth_w])
+            jz_frame[:, 53:56] = ((q @ drot.transpose(0, 2, 1)) @ _AXES[2]).T * px_per_cm * depth_w
+            jz_frame[:, 56:59] = _AXES[2] * px_per_cm * depth_w
             jz_frame -= jz_frame.mean(0)
             j_frame = np.concatenate([j_frame, jz_frame])
             if want_shared:
@@ -547,7 +338,7 @@ class FaceFitter:
             # The depth term's pixels-per-cm follows the current focal length and distance; it is held
             # fixed within an iteration so that the cost being compared is exact.
             for f in frames:
-                depth = (self.points_from_params(f.params, shared) * WORLD_TO_CAMERA)[:, 2].mean()
+                depth = world_to_camera(self.points_from_params(f.params, shared))[:, 2].mean()
                 f.px_per_cm = math.exp(shared[k]) / max(float(depth), 1e-3)
             hess = np.zeros((n_total, n_total))
             grad = np.zeros(n_total)
@@ -645,16 +436,16 @@ class FaceFitter:
         """Pose from PnP on the mean face (OpenCV SQPnP), turned into head-model angles and translation."""
         import cv2
 
-        camera = Camera(focal, *size)
+        camera = Camera.photo(focal, *size)
         model = self.neutral
         ok, rvec, tvec = cv2.solvePnP(
             model.astype(np.float64),
             frame.uv.astype(np.float64),
-            camera.intrinsics(),
+            camera.intrinsics(OPENCV_PIXEL_CENTRE),
             None,
             flags=cv2.SOLVEPNP_SQPNP,
         )
-        flip = np.diag(WORLD_TO_CAMERA)
+        flip = _AXES  # the photo camera sits at the world origin: camera = flip · world
         if ok and tvec[2, 0] > 0:
             rc, _ = cv2.Rodrigues(rvec)
             rot = flip @ rc  # camera = flip · world and camera = Rc · model + tc
@@ -663,9 +454,9 @@ class FaceFitter:
         else:  # fall back to a frontal head at the distance the eye span implies
             eye_cm = float(np.linalg.norm(model[self._eye_rows[0]] - model[self._eye_rows[1]]))
             depth = focal * eye_cm / frame.scale
-            centre = (frame.uv.mean(0) - camera.centre) * depth / focal
+            centre = (frame.uv.mean(0) - camera.principal_point(OPENCV_PIXEL_CENTRE)) * depth / focal
             angles = np.zeros(3)
-            trans = np.array([centre[0], -centre[1], -depth]) - self.neutral.mean(0)
+            trans = flip.T @ np.array([centre[0], centre[1], depth]) - self.neutral.mean(0)
         frame.params = np.concatenate([np.zeros(NUM_EXPRESSIONS), angles, trans])
 
     def fit_frames(
@@ -679,7 +470,7 @@ class FaceFitter:
         if not landmarks:
             raise HeadsplatError("no landmarks to fit")
         size = (int(image_size[0]), int(image_size[1]))
-        prior = float(focal_px) if focal_px else Camera.default_focal(*size)
+        prior = float(focal_px) if focal_px else default_focal(*size)
         with _single_threaded_blas():
             return self._fit_frames(landmarks, size, prior, fit_focal)
 
@@ -738,7 +529,7 @@ class FaceFitter:
     def start_track(self, identity: Identity, landmarks: np.ndarray, image_size: tuple[int, int]) -> FaceFit:
         """First frame of a video with a known identity (and its focal length, or the default): pose + expression."""
         size = (int(image_size[0]), int(image_size[1]))
-        focal = identity.focal_px if identity.focal_px > 0 else Camera.default_focal(*size)
+        focal = identity.focal_px if identity.focal_px > 0 else default_focal(*size)
         frame = self._observe(landmarks)
         coeffs = np.zeros(self.num_identity)
         n = min(self.num_identity, len(identity.coefficients))
@@ -777,94 +568,16 @@ class FaceFitter:
         )
 
 
-# ------------------------------------------------------------------------------------------------
-# Temporal smoothing
-@dataclass
-class OneEuroFilter:
-    """One Euro filter (Casiez, Roussel, Vogel, CHI 2012): low-pass whose cutoff rises with speed.
-
-    Still signals are smoothed hard (jitter gone), fast ones pass with little lag. Values are filtered
-    element-wise; `min_cutoff` and `d_cutoff` are in Hz, `beta` in Hz per (unit/s) of the signal.
-    """
-
-    min_cutoff: float = 1.0
-    beta: float = 5.0
-    d_cutoff: float = 4.0
-    _value: np.ndarray | None = None
-    _speed: np.ndarray | None = None
-
-    @staticmethod
-    def _alpha(cutoff, dt: float):
-        tau = 1.0 / (2 * math.pi * cutoff)
-        return 1.0 / (1.0 + tau / dt)
-
-    def reset(self) -> None:
-        self._value, self._speed = None, None
-
-    def __call__(self, value: np.ndarray, dt: float) -> np.ndarray:
-        """Filtered value (same shape as `value`); `dt` is the time since the previous sample, seconds."""
-        value = np.asarray(value, np.float64)
-        if self._value is None or self._value.shape != value.shape:
-            self._value, self._speed = value.copy(), np.zeros_like(value)
-            return value.copy()
-        speed = (value - self._value) / dt
-        a_d = self._alpha(self.d_cutoff, dt)
-        self._speed = a_d * speed + (1 - a_d) * self._speed
-        cutoff = self.min_cutoff + self.beta * np.abs(self._speed)
-        a = self._alpha(cutoff, dt)
-        self._value = a * value + (1 - a) * self._value
-        return self._value.copy()
-
-
-def smooth_landmarks(
-    sequence: np.ndarray,  # [T, N, 2|3] pixels, N = 468 (MediaPipe), 470 (+ iris centres) or 68 (iBUG)
-    fps: float,
-    min_cutoff: float = 1.0,
-    beta: float = 5.0,
-    zero_phase: bool = True,
-) -> np.ndarray:
-    """One Euro smoothing of a landmark track in inter-ocular units (so settings fit any face size).
-
-    With `zero_phase`, the filter runs forwards and backwards and the two are averaged, which cancels
-    its lag (offline use); otherwise it is causal (streaming).
-    """
-    seq = np.asarray(sequence, np.float64)
-    schemes = {n: eyes for n, eyes, _, _ in LANDMARK_SCHEMES.values()}
-    schemes[470] = schemes[468]  # MediaPipe mesh + 2 iris centres
-    if seq.ndim != 3 or seq.shape[1] not in schemes or seq.shape[2] not in (2, 3):
-        raise HeadsplatError(f"landmark sequence must be [T, 468|470|68, 2|3]; got {list(seq.shape)}")
-    if len(seq) < 2:
-        return seq.copy()
-    right, left = schemes[seq.shape[1]]
-    iod = np.linalg.norm(seq[:, right, :2] - seq[:, left, :2], axis=1)
-    unit = float(np.median(iod))
-    dt = 1.0 / fps
-
-    def run(order) -> np.ndarray:
-        filt = OneEuroFilter(min_cutoff, beta)
-        out = np.empty_like(seq)
-        for t in order:
-            out[t] = filt(seq[t] / unit, dt) * unit
-        return out
-
-    forward = run(range(len(seq)))
-    if not zero_phase:
-        return forward
-    return 0.5 * (forward + run(range(len(seq) - 1, -1, -1)))
-
-
-def expression_value(fit: FaceFit, name: str) -> float:
-    """One named expression weight of a fit (ICT name, e.g. 'jawOpen')."""
-    return float(fit.expression[EXPRESSION_INDEX[name]])
-
-
 __all__ = [
+    "CORRESPONDENCE",
     "Camera",
     "FaceFit",
     "FaceFitter",
     "FitConfig",
+    "LANDMARK_SCHEMES",
     "OneEuroFilter",
     "compose_pose",
+    "default_focal",
     "expression_value",
     "project",
     "relative_pose",

@@ -1,12 +1,18 @@
-"""The few 3D rotation helpers headsplat needs, in torch (no pytorch3d dependency).
+"""The few 3D rotation helpers headsplat needs, in torch (no pytorch3d dependency), and head-pose algebra.
 
 Head-pose angles are (pitch, yaw, roll) in radians: pitch about +x (nodding, positive looks down
 with y up and the face along +z), yaw about +y (positive turns the face towards the subject's left,
 +x), roll about +z. The matrix is R = Ry(yaw) @ Rx(pitch) @ Rz(roll).
+
+A head pose is a rotation about the head's pivot and a translation in world cm; a motion's pose is
+relative to a rest pose (the portrait's) and composes with it one way, `compose_pose`.
 """
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -28,6 +34,27 @@ def euler_to_matrix(angles: Tensor) -> Tensor:  # [..., 3] pitch, yaw, roll → 
     """Rotation matrices from head-pose angles (radians), R = Ry(yaw) Rx(pitch) Rz(roll)."""
     pitch, yaw, roll = angles.unbind(-1)
     return _axis_rotation(yaw, 1) @ _axis_rotation(pitch, 0) @ _axis_rotation(roll, 2)
+
+
+def euler_to_matrix_and_derivatives(angles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`euler_to_matrix` of one angle triple [3] in float64 numpy, R [3, 3], with dR/d(pitch, yaw, roll)
+    [3, 3, 3]: the analytic Jacobians of the face fitter."""
+    pitch, yaw, roll = angles
+    cp, sp, cy, sy, cr, sr = (
+        math.cos(pitch),
+        math.sin(pitch),
+        math.cos(yaw),
+        math.sin(yaw),
+        math.cos(roll),
+        math.sin(roll),
+    )
+    rx = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]])
+    drx = np.array([[0, 0, 0], [0, -sp, -cp], [0, cp, -sp]])
+    dry = np.array([[-sy, 0, cy], [0, 0, 0], [-cy, 0, -sy]])
+    drz = np.array([[-sr, -cr, 0], [cr, -sr, 0], [0, 0, 0]])
+    return ry @ rx @ rz, np.stack([ry @ drx @ rz, dry @ rx @ rz, ry @ rx @ drz])
 
 
 def matrix_to_euler(matrix: Tensor) -> Tensor:  # [..., 3, 3] → [..., 3]
@@ -89,3 +116,25 @@ def quaternion_multiply(a: Tensor, b: Tensor) -> Tensor:  # [..., 4] wxyz, [...,
         ],
         dim=-1,
     )
+
+
+def compose_pose(rest_rotation, rest_translation, rotation, translation) -> tuple[np.ndarray, np.ndarray]:
+    """Absolute head pose from a rest pose and a relative one: R = R_rest · R_rel, t = t_rest + t_rel.
+
+    Shapes: rest [3], relative [..., 3] (radians, cm); returns absolute [..., 3] pairs. The relative
+    rotation turns the head about its own axes (a nod stays a nod on a turned head).
+    """
+    rest = euler_to_matrix(torch.as_tensor(np.asarray(rest_rotation, np.float64)))
+    rel = euler_to_matrix(torch.as_tensor(np.asarray(rotation, np.float64)))
+    absolute = matrix_to_euler(rest @ rel).numpy()
+    return absolute.astype(np.float32), (np.asarray(rest_translation) + np.asarray(translation)).astype(
+        np.float32
+    )
+
+
+def relative_pose(rest_rotation, rest_translation, rotation, translation) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of `compose_pose`: the pose [..., 3] relative to a rest pose [3]."""
+    rest = euler_to_matrix(torch.as_tensor(np.asarray(rest_rotation, np.float64)))
+    absolute = euler_to_matrix(torch.as_tensor(np.asarray(rotation, np.float64)))
+    rel = matrix_to_euler(rest.transpose(-1, -2) @ absolute).numpy()
+    return rel.astype(np.float32), (np.asarray(translation) - np.asarray(rest_translation)).astype(np.float32)

@@ -27,8 +27,10 @@ import numpy as np
 
 from models.errors import HeadsplatError
 from models.face_tracker import FaceAlignmentLandmarker, FaceTracker, FaceTrackerConfig
-from models.fitting import FaceFit, FaceFitter, FitConfig, relative_pose, smooth_landmarks
+from models.fitting import FaceFit, FaceFitter, FitConfig
+from models.landmark_smoothing import smooth_landmarks
 from models.latent import NUM_EXPRESSIONS, Identity, Motion
+from models.transforms import relative_pose
 from pipelines.image_io import is_image_path, load_image, save_image
 from pipelines.motion_io import MOTION_SUFFIXES, save_identity, save_motion
 from pipelines.video_io import VideoWriter, read_video

@@ -23,6 +23,7 @@ from models.fitting import (
 )
 from models.head_model import HeadModel
 from models.latent import EXPRESSION_INDEX, NUM_EXPRESSIONS
+from models.transforms import euler_to_matrix, euler_to_matrix_and_derivatives
 from pipelines.image_io import load_image
 
 CHECKED = ("jawOpen", "eyeBlink_L", "eyeBlink_R", "mouthSmile_L", "mouthSmile_R")
@@ -59,7 +60,7 @@ def synthetic_landmarks(head, fitter, identity, expression, rotation, translatio
     depth = world_to_camera(points)[:, 2]
     marks = np.zeros((468, 3))
     marks[fitter.landmark_index, :2] = uv
-    marks[fitter.landmark_index, 2] = camera.focal_px / depth.mean() * (depth - depth.mean())
+    marks[fitter.landmark_index, 2] = camera.fx / depth.mean() * (depth - depth.mean())
     return marks
 
 
@@ -87,7 +88,7 @@ def identity_error_cm(head, a, b):
 @pytest.mark.parametrize("seed", [0, 3])
 def test_synthetic_landmarks_are_fitted_back(head, fitter, seed):
     rng, identity, expression, rotation, translation = scene(seed)
-    camera = Camera(1100.0, 640, 480)
+    camera = Camera.photo(1100.0, 640, 480)
     marks = synthetic_landmarks(head, fitter, identity, expression, rotation, translation, camera, rng)
     fit = fitter.fit_image(marks, (640, 480))
     angle_error = np.degrees(np.abs(fit.rotation - rotation))
@@ -98,12 +99,12 @@ def test_synthetic_landmarks_are_fitted_back(head, fitter, seed):
     print(
         f"\nseed {seed}: pitch/yaw/roll error {np.round(angle_error, 3)} deg, expression error "
         f"{ {k: round(v, 3) for k, v in expression_error.items()} }, identity mesh error {mesh_error:.3f} cm, "
-        f"focal {fit.focal_px:.0f} (true {camera.focal_px:.0f}), landmark error {fit.error_px:.2f} px"
+        f"focal {fit.focal_px:.0f} (true {camera.fx:.0f}), landmark error {fit.error_px:.2f} px"
     )
     assert angle_error.max() < 1.0
     assert max(expression_error.values()) < 0.05
     assert mesh_error < 0.15
-    assert fit.focal_px == pytest.approx(camera.focal_px, rel=0.1)
+    assert fit.focal_px == pytest.approx(camera.fx, rel=0.1)
     # Shapes that were not used stay near zero.
     unused = np.ones(NUM_EXPRESSIONS, bool)
     unused[[EXPRESSION_INDEX[n] for n in CHECKED]] = False
@@ -112,7 +113,7 @@ def test_synthetic_landmarks_are_fitted_back(head, fitter, seed):
 
 def test_several_frames_share_one_identity_and_pin_it_better(head, fitter):
     rng, identity, *_ = scene(5)
-    camera = Camera(900.0, 640, 480)
+    camera = Camera.photo(900.0, 640, 480)
     frames, truths = [], []
     for k in range(4):
         _, _, expression, rotation, translation = scene(10 + k)
@@ -141,7 +142,7 @@ def test_several_frames_share_one_identity_and_pin_it_better(head, fitter):
 
 def test_tracking_step_follows_a_new_expression_with_identity_fixed(head, fitter):
     rng, identity, expression, rotation, translation = scene(1)
-    camera = Camera(1000.0, 640, 480)
+    camera = Camera.photo(1000.0, 640, 480)
     first = fitter.fit_image(
         synthetic_landmarks(head, fitter, identity, expression, rotation, translation, camera, rng),
         (640, 480),
@@ -160,7 +161,7 @@ def test_tracking_step_follows_a_new_expression_with_identity_fixed(head, fitter
 
 
 def test_projection_convention():
-    camera = Camera(1000.0, 641, 481)
+    camera = Camera.photo(1000.0, 641, 481)
     ahead = np.array([[0.0, 0.0, -50.0], [1.0, 0.0, -50.0], [0.0, 1.0, -50.0]])
     uv = project(ahead, camera)
     np.testing.assert_allclose(uv[0], [320.0, 240.0])  # straight ahead → image centre
@@ -174,7 +175,7 @@ def test_projection_convention():
 
 def test_fitted_mesh_of_a_frontal_face_faces_the_camera(head, fitter):
     rng, identity, expression, _, _ = scene(2)
-    camera = Camera(1000.0, 640, 480)
+    camera = Camera.photo(1000.0, 640, 480)
     marks = synthetic_landmarks(
         head, fitter, identity, expression, np.zeros(3), np.array([0, 0, -50.0]), camera, rng
     )
@@ -199,6 +200,20 @@ def test_pose_composition_round_trips():
     np.testing.assert_allclose(back_t, rel_t, atol=1e-5)
     zero_r, _ = compose_pose(rest_r, rest_t, np.zeros(3), np.zeros(3))
     np.testing.assert_allclose(zero_r, rest_r, atol=1e-6)
+
+
+def test_solver_rotation_derivatives_match_the_rotation_and_finite_differences():
+    angles = np.radians([12.0, -25.0, 7.0])
+    rot, drot = euler_to_matrix_and_derivatives(angles)
+    np.testing.assert_allclose(rot, euler_to_matrix(torch.from_numpy(angles)).numpy(), atol=1e-12)
+    for i in range(3):
+        step = np.zeros(3)
+        step[i] = 1e-6
+        numeric = (
+            euler_to_matrix_and_derivatives(angles + step)[0]
+            - euler_to_matrix_and_derivatives(angles - step)[0]
+        ) / 2e-6
+        np.testing.assert_allclose(drot[i], numeric, atol=1e-8)
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +272,7 @@ def test_one_euro_removes_jitter_of_a_still_point_and_keeps_up_with_fast_motion(
 def test_68_point_landmarks_are_fitted_with_ict_landmark_vertices(head):
     fitter68 = FaceFitter(FitConfig(landmark_noise=0.004), head=head, scheme="ibug68")
     rng, identity, expression, rotation, translation = scene(4)
-    camera = Camera(1000.0, 640, 480)
+    camera = Camera.photo(1000.0, 640, 480)
     ident = torch.zeros(1, 50)
     ident[0, :40] = torch.as_tensor(identity, dtype=torch.float32)
     verts = head.vertices(

@@ -17,6 +17,7 @@ from pipelines.image_io import load_image, save_image
 from pipelines.motion_io import load_identity, load_motion
 from pipelines.track import TrackConfig, main, track_frames
 from pipelines.video_io import VideoWriter, read_video
+from renderers.camera import OPENCV_PIXEL_CENTRE
 
 GRACE = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
 
@@ -57,7 +58,7 @@ def test_rigid_motion_of_a_photo_is_recovered_as_roll_and_translation(grace):
     first = result.fits[0]
     points = result.fitter.points(first.identity, first.expression, first.rotation, first.translation)
     depth = world_to_camera(points)[:, 2].mean()
-    cx, cy = first.camera.centre
+    cx, cy = first.camera.principal_point(OPENCV_PIXEL_CENTRE)  # landmark pixels, as cv2's centre
     pivot_point = np.array(
         [(centre[0] - cx) * depth / first.focal_px, -(centre[1] - cy) * depth / first.focal_px, -depth]
     )
