@@ -26,6 +26,8 @@ import PIL.Image
 
 from models.errors import HeadsplatError
 from models.visemes import EMOTIONS
+from pipelines.device import resolve_device
+from pipelines.motion_io import MOTION_SUFFIXES
 
 ROOT = Path(__file__).resolve().parent
 DEFAULTS = ROOT / "assets" / "defaults"
@@ -35,7 +37,7 @@ OUTPUT_MAX_AGE = 3600.0  # seconds
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 AUDIO_SUFFIXES = (".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".oga", ".opus", ".webm", ".mp4", ".mov")
-MOTION_SUFFIXES = (".csv", ".npz", ".json")
+#: The web's text limit, stricter than the command line's (pipelines.drivers.MAX_TEXT_CHARS).
 MAX_TEXT_CHARS = 1000
 GUIDE_MODELS = (
     "tiny-sd3",
@@ -129,30 +131,24 @@ def plain_image_errors(image: gr.Image) -> gr.Image:
 
 # ------------------------------------------------------------------------------------------------
 # Talk
-def talk_device() -> str:
-    """'cuda' when a GPU and gsplat are both there, else 'cpu' (the numba renderer)."""
-    import importlib.util
+def check_inputs(
+    portrait: str | None, audio: str | None, text: str | None, motion_file: str | None
+) -> dict[str, str | None]:
+    """The portrait and driver fields of a Talk or Avatar3D config, after the checks both make (a portrait,
+    file types, the driver rules with the web's text limit)."""
+    from pipelines.drivers import check_drivers
 
-    import torch
-
-    if torch.cuda.is_available() and importlib.util.find_spec("gsplat") is not None:
-        return "cuda"
-    return "cpu"
-
-
-def check_inputs(portrait: str | None, audio: str | None, text: str | None, motion_file: str | None) -> str:
-    """The checks Talk and Avatar3D share (a portrait, file types, one driver, text length); the clean text."""
     if not portrait:
         raise gr.Error("upload a portrait photo (or take one with the webcam)", title="No portrait")
     require_suffix(portrait, IMAGE_SUFFIXES, "portrait")
     require_suffix(audio, AUDIO_SUFFIXES, "audio")
     require_suffix(motion_file, MOTION_SUFFIXES, "motion file")
     text = (text or "").strip()
-    if audio and text:
-        raise gr.Error("give either audio or text, not both: clear one of them", title="Two drivers")
-    if len(text) > MAX_TEXT_CHARS:
-        raise gr.Error(f"the text has {len(text)} characters; the most is {MAX_TEXT_CHARS}", title="Too long")
-    return text
+    try:
+        check_drivers(audio, text, motion_file, None, max_text_chars=MAX_TEXT_CHARS)
+    except HeadsplatError as err:
+        raise user_error(err) from err
+    return {"image": portrait, "audio": audio or None, "text": text or None, "motion": motion_file or None}
 
 
 def run_talk(
@@ -176,15 +172,12 @@ def run_talk(
     from pipelines.streaming import StreamConfig, stream_talk
     from pipelines.talk import TalkConfig
 
-    text = check_inputs(portrait, audio, text, motion_file)
-    if not (audio or text or motion_file):
+    inputs = check_inputs(portrait, audio, text, motion_file)
+    if not (inputs["audio"] or inputs["text"] or inputs["motion"]):
         raise gr.Error("upload or record some speech, or type a text to say", title="Nothing to say")
     workdir = new_workdir()
     cfg = TalkConfig(
-        image=portrait,
-        audio=audio or None,
-        text=text or None,
-        motion=motion_file or None,
+        **inputs,
         output=str(workdir / "talk.mp4"),
         fps=float(fps),
         size=int(size),
@@ -201,7 +194,8 @@ def run_talk(
     stream = StreamConfig(max_seconds=max_seconds(), motion_file=str(workdir / "motion.csv"))
     progress(0.0, desc="fitting the head to the portrait")
     try:
-        for event in stream_talk(cfg, workdir, stream, device=talk_device()):
+        device = resolve_device("auto", rendering=True)  # the GPU only where gsplat can draw on it
+        for event in stream_talk(cfg, workdir, stream, device=device):
             if event.stage == "avatar":
                 progress(0.05, desc="making the motion")
             elif event.stage == "chunk":
@@ -240,14 +234,11 @@ def run_avatar3d(
     from pipelines.avatar3d import Avatar3DConfig, avatar3d
     from pipelines.streaming import check_audio_length
 
-    text = check_inputs(portrait, audio, text, motion_file)
+    inputs = check_inputs(portrait, audio, text, motion_file)
     workdir = new_workdir()
     cfg = Avatar3DConfig(
-        image=portrait,
+        **inputs,
         output=str(workdir),
-        audio=audio or None,
-        text=text or None,
-        motion=motion_file or None,
         camera=camera,
         num_gaussians=int(num_gaussians),
         size=int(size),
@@ -255,7 +246,6 @@ def run_avatar3d(
         seed=int(seed),
         emotion=emotion,
         still=bool(still),
-        device=talk_device(),
         progress=True,  # tqdm bars, which gr.Progress(track_tqdm=True) shows
     )
     try:
@@ -409,43 +399,64 @@ def run_search(
 
 # ------------------------------------------------------------------------------------------------
 # Layout
+# Every control starts at its config's default (TalkConfig, Avatar3DConfig), as the flags and batch keys
+# do; only the render sizes and the Gaussian count start lower, for a web server's CPU.
+def _portrait_input() -> gr.Image:
+    return plain_image_errors(
+        gr.Image(label="Portrait", type="filepath", sources=["upload", "webcam", "clipboard"], height=300)
+    )
+
+
+def _speech_inputs() -> tuple[gr.Audio, gr.Textbox]:
+    audio = gr.Audio(label="Speech", type="filepath", sources=["upload", "microphone"], format=None)
+    text = gr.Textbox(label="…or text to say", lines=2, max_length=MAX_TEXT_CHARS)
+    return audio, text
+
+
+def _motion_file_input() -> gr.File:
+    return gr.File(
+        label="Motion file instead of generating one (Live Link Face .csv, .npz, .json)",
+        file_types=list(MOTION_SUFFIXES),
+    )
+
+
+def _size_slider(label: str) -> gr.Slider:
+    return gr.Slider(128, 768, value=int(_env_float("HEADSPLAT_TALK_SIZE", 384)), step=64, label=label)
+
+
 def _talk_tab() -> None:
+    from models.motion_diffusion import MAX_STEPS
+    from pipelines.talk import TalkConfig
+
+    defaults = TalkConfig()
     gr.Markdown(
         "A portrait and some speech become a lip-synced video. The video starts playing while the rest "
         f"is still being made. Speech up to {max_seconds():g} s."
     )
     with gr.Row():
         with gr.Column():
-            portrait = plain_image_errors(
-                gr.Image(
-                    label="Portrait", type="filepath", sources=["upload", "webcam", "clipboard"], height=300
-                )
-            )
-            audio = gr.Audio(label="Speech", type="filepath", sources=["upload", "microphone"], format=None)
-            text = gr.Textbox(label="…or text to say", lines=2, max_length=MAX_TEXT_CHARS)
+            portrait = _portrait_input()
+            audio, text = _speech_inputs()
             with gr.Accordion("Controls", open=False):
                 with gr.Row():
-                    emotion = gr.Dropdown(list(EMOTIONS), value="neutral", label="Emotion")
-                    seed = gr.Number(value=0, precision=0, label="Seed (head motion, blinks)")
-                expression_scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Expression scale")
-                pose_scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Head movement scale")
-                blink_rate = gr.Slider(0.0, 3.0, value=1.0, step=0.1, label="Blink rate")
+                    emotion = gr.Dropdown(list(EMOTIONS), value=defaults.emotion, label="Emotion")
+                    seed = gr.Number(value=defaults.seed, precision=0, label="Seed (head motion, blinks)")
+                expression_scale = gr.Slider(
+                    0.0, 2.0, value=defaults.expression_scale, step=0.05, label="Expression scale"
+                )
+                pose_scale = gr.Slider(
+                    0.0, 2.0, value=defaults.pose_scale, step=0.05, label="Head movement scale"
+                )
+                blink_rate = gr.Slider(0.0, 3.0, value=defaults.blink_rate, step=0.1, label="Blink rate")
                 with gr.Row():
-                    still = gr.Checkbox(label="Still head")
-                    crop = gr.Checkbox(label="Face crop only")
-                size = gr.Slider(
-                    128,
-                    768,
-                    value=int(_env_float("HEADSPLAT_TALK_SIZE", 384)),
-                    step=64,
-                    label="Render size (px)",
+                    still = gr.Checkbox(value=defaults.still, label="Still head")
+                    crop = gr.Checkbox(value=defaults.crop, label="Face crop only")
+                size = _size_slider("Render size (px)")
+                steps = gr.Slider(
+                    0, MAX_STEPS, value=defaults.steps, step=1, label="Motion diffusion steps (0: rule-based)"
                 )
-                steps = gr.Slider(0, 32, value=8, step=1, label="Motion diffusion steps (0: rule-based)")
-                fps = gr.Slider(10, 30, value=25, step=1, label="Frames per second")
-                motion_file = gr.File(
-                    label="Motion file instead of generating one (Live Link Face .csv, .npz, .json)",
-                    file_types=list(MOTION_SUFFIXES),
-                )
+                fps = gr.Slider(10, 30, value=defaults.fps, step=1, label="Frames per second")
+                motion_file = _motion_file_input()
             go = gr.Button("Generate", variant="primary")
         with gr.Column():
             live = gr.Video(label="Talking head", streaming=True, autoplay=True, interactive=False)
@@ -462,42 +473,31 @@ def _talk_tab() -> None:
 
 
 def _avatar3d_tab() -> None:
+    from pipelines.avatar3d import CAMERAS, Avatar3DConfig
+
+    defaults = Avatar3DConfig()
     gr.Markdown(
         "A portrait becomes a 3D Gaussian head: turn it around in the viewer, download it as a standard "
         "3DGS `.ply` (SuperSplat, gsplat and other viewers open it), and give it speech to make it talk."
     )
     with gr.Row():
         with gr.Column():
-            portrait = plain_image_errors(
-                gr.Image(
-                    label="Portrait", type="filepath", sources=["upload", "webcam", "clipboard"], height=300
-                )
-            )
+            portrait = _portrait_input()
             with gr.Row():
                 num_gaussians = gr.Slider(10_000, 200_000, value=50_000, step=5_000, label="Gaussians")
-                size = gr.Slider(
-                    128,
-                    768,
-                    value=int(_env_float("HEADSPLAT_TALK_SIZE", 384)),
-                    step=64,
-                    label="Video size (px)",
-                )
-            turntable_seconds = gr.Slider(0, 8, value=4, step=1, label="Turntable length (s; 0: none)")
+                size = _size_slider("Video size (px)")
+            turntable_seconds = gr.Slider(
+                0, 8, value=defaults.turntable_seconds, step=1, label="Turntable length (s; 0: none)"
+            )
             with gr.Accordion("Make it talk", open=False):
-                audio = gr.Audio(
-                    label="Speech", type="filepath", sources=["upload", "microphone"], format=None
-                )
-                text = gr.Textbox(label="…or text to say", lines=2, max_length=MAX_TEXT_CHARS)
-                motion_file = gr.File(
-                    label="Motion file instead of generating one (Live Link Face .csv, .npz, .json)",
-                    file_types=list(MOTION_SUFFIXES),
-                )
+                audio, text = _speech_inputs()
+                motion_file = _motion_file_input()
                 with gr.Row():
-                    camera = gr.Radio(["front", "orbit"], value="front", label="Camera")
-                    emotion = gr.Dropdown(list(EMOTIONS), value="neutral", label="Emotion")
+                    camera = gr.Radio(list(CAMERAS), value=defaults.camera, label="Camera")
+                    emotion = gr.Dropdown(list(EMOTIONS), value=defaults.emotion, label="Emotion")
                 with gr.Row():
-                    seed = gr.Number(value=0, precision=0, label="Seed")
-                    still = gr.Checkbox(label="Still head")
+                    seed = gr.Number(value=defaults.seed, precision=0, label="Seed")
+                    still = gr.Checkbox(value=defaults.still, label="Still head")
             go = gr.Button("Build the 3D head", variant="primary")
         with gr.Column():
             view = gr.Model3D(label="3D head (.ply): drag to turn, scroll to zoom", height=360)
@@ -509,25 +509,10 @@ def _avatar3d_tab() -> None:
     gr.Examples(
         examples=[[str(DEFAULTS / "portrait.jpg")]], inputs=[portrait], label="Try the shipped portrait"
     )
-    go.click(
-        run_avatar3d,
-        [
-            portrait,
-            num_gaussians,
-            size,
-            turntable_seconds,
-            audio,
-            text,
-            motion_file,
-            camera,
-            emotion,
-            seed,
-            still,
-        ],
-        [view, turntable, talking, files],
-        api_name="avatar3d",
-        concurrency_id="avatar3d",
-    )
+    inputs = [portrait, num_gaussians, size, turntable_seconds, audio, text, motion_file, camera, emotion]
+    inputs += [seed, still]
+    outputs = [view, turntable, talking, files]
+    go.click(run_avatar3d, inputs, outputs, api_name="avatar3d", concurrency_id="avatar3d")
 
 
 def _guide_tab() -> None:

@@ -255,40 +255,79 @@ class GuidedDenoiser:
 
 # --------------------------------------------------------------------------------------------------
 # Window-by-window generation
-@dataclass(frozen=True)
-class GenerationControls:
-    """Knobs for one generation."""
+#: Most sampling steps a generation takes: the model is trained for few-step sampling, and more steps
+#: only cost time. 0 selects the rule-based teacher.
+MAX_STEPS = 10
+#: Largest expression_scale, pose_scale and blink_rate: beyond it faces tear and blinks flicker.
+MAX_SCALE = 10.0
 
-    seed: int = 0
-    """Noise seed: changes head motion, blinks and gaze; lips follow the audio."""
+
+@dataclass
+class MotionControls:
+    """The controls of generated motion, the same for every generator (Talk, Avatar3D, audio_to_motion)."""
+
     steps: int = 3
-    """Sampler steps (1-10)."""
+    """Motion diffusion sampling steps; 0 uses the rule-based teacher alone."""
+    seed: int = 0
+    """Seed of head motion, blinks and gaze (lip shapes do not depend on it)."""
+    emotion: str = "neutral"
+    """Facial emotion."""
+    expression_scale: float = 1.0
+    """Multiplies facial expression (mouth and brows); 0.5 is subtler, 1.5 exaggerated."""
+    pose_scale: float = 1.0
+    """Multiplies head movement; 0 keeps the head still."""
+    blink_rate: float = 1.0
+    """Multiplies the natural blink rate (about 17 per minute while talking)."""
+    still: bool = False
+    """No head movement and no gaze drift: only the face talks."""
+
+    def check(self) -> None:
+        """Refuse controls no generator takes (steps 0 to MAX_STEPS, scales 0 to MAX_SCALE)."""
+        if not 0 <= self.steps <= MAX_STEPS:
+            raise HeadsplatError(
+                f"steps must be 0-{MAX_STEPS} (0 selects the rule-based teacher), got {self.steps}"
+            )
+        if self.seed < 0:
+            raise HeadsplatError(f"seed must be 0 or more, got {self.seed}")
+        if self.emotion not in EMOTIONS:
+            raise HeadsplatError(f"unknown emotion {self.emotion!r}; choose one of {', '.join(EMOTIONS)}")
+        for name in ("expression_scale", "pose_scale", "blink_rate"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0 <= value <= MAX_SCALE):
+                raise HeadsplatError(
+                    f"{name} must be a non-negative number, at most {MAX_SCALE:g}; got {value}"
+                )
+
+
+@dataclass
+class GenerationControls(MotionControls):
+    """The motion controls plus the sampler's own knobs: everything one generation takes."""
+
     guidance: float = 1.0
     """Classifier-free guidance on audio (0 = plain conditional sampling)."""
-    emotion: str = "neutral"
-    """One of models.visemes.EMOTIONS."""
     emotion_strength: float = 0.8
     """0-1 strength of the emotion."""
-    expression_scale: float = 1.0
-    """Multiplies expression weights (clipped to [0, 1])."""
-    pose_scale: float = 1.0
-    """Multiplies head rotation and translation."""
-    blink_rate: float = 1.0
-    """Blink frequency multiplier (1 = ~17 per minute)."""
-    still: bool = False
-    """Keep the head still and the gaze centred (expressions and blinks stay)."""
     voice_gate: bool = True
     """Scale lip movement by voice activity, so that noise and silence keep the mouth closed."""
 
+    @classmethod
+    def from_controls(cls, controls: MotionControls, **knobs) -> GenerationControls:
+        """`controls` (a pipeline's config is one) with the sampler's knobs at their defaults or `knobs`."""
+        return cls(**{f.name: getattr(controls, f.name) for f in fields(MotionControls)}, **knobs)
+
     def check(self) -> None:
-        if not 1 <= self.steps <= 50:
-            raise HeadsplatError(f"steps must be 1-50 (0 selects the rule-based teacher), got {self.steps}")
-        if self.emotion not in EMOTIONS:
-            raise HeadsplatError(f"unknown emotion {self.emotion!r}; choose one of {', '.join(EMOTIONS)}")
-        for name in ("expression_scale", "pose_scale", "blink_rate", "emotion_strength"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise HeadsplatError(f"{name} must be a non-negative number, got {value}")
+        """As MotionControls.check, for the diffusion model: at least one step (the teacher is not sampled)."""
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise HeadsplatError(
+                f"steps must be 1-{MAX_STEPS} for the diffusion model (0 selects the teacher), got {self.steps}"
+            )
+        super().check()
+        if not math.isfinite(self.guidance):
+            raise HeadsplatError(f"guidance must be a number, got {self.guidance}")
+        if not (math.isfinite(self.emotion_strength) and self.emotion_strength >= 0):
+            raise HeadsplatError(
+                f"emotion_strength must be a non-negative number, got {self.emotion_strength}"
+            )
 
 
 def _emotion_vector(controls: GenerationControls) -> Tensor:

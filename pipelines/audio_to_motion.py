@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -34,6 +33,7 @@ from models.audio import (
 from models.errors import HeadsplatError
 from models.latent import Motion
 from models.motion_diffusion import (
+    MAX_STEPS,
     BlinkKeeper,
     GenerationControls,
     MotionDenoiser,
@@ -43,6 +43,7 @@ from models.motion_diffusion import (
 )
 from models.visemes import EMOTIONS, teacher_motion
 from pipelines.cli import check_output, run_cli
+from pipelines.config_cli import config_from_args
 from pipelines.files import require_file
 from pipelines.motion_io import MOTION_SUFFIXES
 
@@ -104,14 +105,12 @@ class AudioToMotion:
     def model_fps(self) -> float:
         return self.net.config.fps if self.net is not None else 25.0
 
-    def _controls(self, **kwargs) -> GenerationControls:
-        controls = GenerationControls(**kwargs)
+    @staticmethod
+    def _controls(controls: GenerationControls | None, changes: dict) -> GenerationControls:
+        """`controls` (default: GenerationControls()) with `changes`, checked."""
+        controls = dataclasses.replace(controls or GenerationControls(), **changes)
         # The teacher (steps 0) takes the same emotion and scales as the model.
         (controls if controls.steps != 0 else dataclasses.replace(controls, steps=1)).check()
-        if not math.isfinite(controls.guidance):
-            raise HeadsplatError(f"guidance must be a number, got {controls.guidance}")
-        if controls.seed < 0:
-            raise HeadsplatError(f"seed must be 0 or more, got {controls.seed}")
         return controls
 
     def _feature_blocks(self, audio: np.ndarray) -> Iterator[tuple[np.ndarray, bool]]:
@@ -129,26 +128,17 @@ class AudioToMotion:
         sample_rate: int = SAMPLE_RATE,
         fps: float = 25.0,
         transcript: str | None = None,
-        seed: int = 0,
-        steps: int = 3,
-        guidance: float = 1.0,
-        emotion: str = "neutral",
-        emotion_strength: float = 0.8,
-        expression_scale: float = 1.0,
-        pose_scale: float = 1.0,
-        blink_rate: float = 1.0,
-        still: bool = False,
+        controls: GenerationControls | None = None,
+        **changes,
     ) -> Motion:
-        """Motion at `fps` covering the audio. `transcript` is used only by the teacher (steps=0)."""
-        controls = self._controls(
-            seed=seed, steps=steps, guidance=guidance, emotion=emotion, emotion_strength=emotion_strength,
-            expression_scale=expression_scale, pose_scale=pose_scale, blink_rate=blink_rate, still=still,
-        )  # fmt: skip
+        """Motion at `fps` covering the audio, made with `controls` (their fields may also be given by
+        keyword: `generate(audio, seed=3)`). `transcript` is used only by the teacher (steps=0)."""
+        controls = self._controls(controls, changes)
         check_fps(fps)
         audio = resample_to(audio, sample_rate, SAMPLE_RATE)
         if audio.size == 0:
             raise HeadsplatError("the audio is empty: give at least a fraction of a second of sound")
-        if steps == 0 or self.net is None:
+        if controls.steps == 0 or self.net is None:
             motion = teacher_from_audio(audio, transcript, controls, self.model_fps)
         else:
             parts, activity = [], []
@@ -157,7 +147,7 @@ class AudioToMotion:
                 for frames in generate_frames(self.net, blocks, controls, OFFLINE_CHUNK, OFFLINE_LOOKAHEAD):
                     parts.append(frames)
             values = np.concatenate(parts)
-            blinks = BlinkKeeper(seed, blink_rate, self.model_fps)
+            blinks = BlinkKeeper(controls.seed, controls.blink_rate, self.model_fps)
             gate = np.concatenate(activity)[: values.shape[0]]
             motion = postprocess(values, gate, controls, self.model_fps, blinks)
         return motion if abs(fps - motion.fps) < 1e-9 else motion.resample(fps)
@@ -173,31 +163,22 @@ class AudioToMotion:
     def stream(
         self,
         audio_blocks: Iterable[np.ndarray] | np.ndarray,  # 16 kHz mono blocks (or one array to split)
-        seed: int = 0,
-        steps: int = 3,
-        guidance: float = 1.0,
-        emotion: str = "neutral",
-        emotion_strength: float = 0.8,
-        expression_scale: float = 1.0,
-        pose_scale: float = 1.0,
-        blink_rate: float = 1.0,
-        still: bool = False,
+        controls: GenerationControls | None = None,
         chunk: int = STREAM_CHUNK,
         lookahead: int = STREAM_LOOKAHEAD,
         level_db: float | None = None,
+        **changes,
     ) -> Iterator[Motion]:
         """Motion chunks at the model's fps (25) as audio arrives; each needs `lookahead` + 2 frames of future audio.
 
-        The loudness reference adapts to the speech heard so far unless `level_db` fixes it.
+        `controls` as in `generate`. The loudness reference adapts to the speech heard so far unless
+        `level_db` fixes it.
         """
         if self.net is None:
             raise HeadsplatError(
                 "streaming needs the diffusion model; load one with AudioToMotion.from_pretrained"
             )
-        controls = self._controls(
-            seed=seed, steps=steps, guidance=guidance, emotion=emotion, emotion_strength=emotion_strength,
-            expression_scale=expression_scale, pose_scale=pose_scale, blink_rate=blink_rate, still=still,
-        )  # fmt: skip
+        controls = self._controls(controls, changes)
         if isinstance(audio_blocks, np.ndarray):
             whole = audio_blocks
             step = int(SAMPLE_RATE * chunk / self.model_fps)
@@ -211,7 +192,7 @@ class AudioToMotion:
 
         activity: list[np.ndarray] = []
         used = 0
-        blink_keeper = BlinkKeeper(seed, blink_rate, self.model_fps)
+        blink_keeper = BlinkKeeper(controls.seed, controls.blink_rate, self.model_fps)
         with torch.inference_mode():
             for frames in generate_frames(
                 self.net, self._activity_tap(blocks(), activity), controls, chunk, lookahead
@@ -262,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--fps", type=float, default=25.0, help=f"output frame rate ({MIN_FPS:g}-{MAX_FPS:g})"
     )
     parser.add_argument(
-        "--steps", type=int, default=3, help="sampler steps (1-10); 0 = rule-based teacher only"
+        "--steps", type=int, default=3, help=f"sampler steps (1-{MAX_STEPS}); 0 = rule-based teacher only"
     )
     parser.add_argument(
         "--guidance", type=float, default=1.0, help="classifier-free guidance on audio (0 = off)"
@@ -303,12 +284,8 @@ def _run(args: argparse.Namespace) -> int:
     audio = load_audio(args.audio)
     model = AudioToMotion(None) if args.steps == 0 else AudioToMotion.from_pretrained(args.weights)
     start = time.perf_counter()
-    motion = model.generate(
-        audio, SAMPLE_RATE, fps=args.fps, transcript=args.transcript, seed=args.seed, steps=args.steps,
-        guidance=args.guidance, emotion=args.emotion, emotion_strength=args.emotion_strength,
-        expression_scale=args.expression_scale, pose_scale=args.pose_scale, blink_rate=args.blink_rate,
-        still=args.still,
-    )  # fmt: skip
+    controls = config_from_args(GenerationControls, args)
+    motion = model.generate(audio, SAMPLE_RATE, fps=args.fps, transcript=args.transcript, controls=controls)
     elapsed = time.perf_counter() - start
     save_motion(motion, args.out)
     print(f"wrote {args.out}: {motion.num_frames} frames at {motion.fps:g} fps in {elapsed:.2f} s")

@@ -27,8 +27,7 @@ import math
 import os
 import sys
 import tempfile
-import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,16 +37,10 @@ from models.errors import HeadsplatError
 from models.head_avatar import HeadAvatar, HeadAvatarConfig, build_head_avatar, turntable_cameras
 from models.head_model import HeadModel
 from pipelines.avatar_io import load_avatar, save_avatar
-from pipelines.talk import (
-    DEFAULT_PORTRAIT,
-    EMOTIONS,
-    TalkConfig,
-    add_motion_arguments,
-    check_motion_controls,
-    fit_portrait,
-    make_motion,
-    resolve_device,
-)
+from pipelines.config_cli import flag, key_only
+from pipelines.device import resolve_device
+from pipelines.drivers import GeneratorConfig, generator_parser, make_motion, run_generator
+from pipelines.portrait import fit_portrait, load_portrait
 from renderers import Camera, Gaussians, rasterize, write_ply, write_splat
 
 #: The .ply and .splat are written in metres; the avatar works in the head model's cm.
@@ -58,59 +51,38 @@ CAMERAS = ("front", "orbit")
 
 
 @dataclass
-class Avatar3DConfig:
-    """Everything `avatar3d` needs; the CLI and the app fill it in."""
+class Avatar3DConfig(GeneratorConfig):
+    """Everything `avatar3d` needs; its flags, the app's defaults and batch keys are these fields (and the
+    shared ones of `GeneratorConfig`: portrait, driver, motion controls, device)."""
 
-    image: str = str(DEFAULT_PORTRAIT)
-    """Portrait photo (any common image format); the largest face is used unless face_index says otherwise."""
-    output: str = "avatar3d"
-    """Folder the files go into (it must exist)."""
+    output: str = field(default=".", metadata=flag("-o", "--output"))
+    """Existing folder the files go into."""
     avatar: str | None = None
-    """A built avatar (.safetensors) to reuse instead of building one from `image`."""
-    audio: str | None = None
-    """Speech for the talking 3D head (wav, mp3, m4a, flac, ogg, or a video's audio track)."""
-    text: str | None = None
-    """Text to speak with espeak-ng or flite (used when no audio is given)."""
-    motion: str | None = None
-    """A motion file (.npz, .json, or Live Link Face .csv) to play."""
-    driving: str | None = None
-    """A video of a talking face whose tracked motion drives the head (its audio is kept)."""
-    camera: str = "front"
+    """A built avatar (.safetensors) to reuse instead of building one from the portrait."""
+    camera: str = field(default="front", metadata=flag(choices=CAMERAS))
     """Camera of the talking video: front (still, in front of the face) or orbit (one turn per 8 s)."""
     num_gaussians: int = 100_000
     """Surface Gaussians of the head (the mouth interior adds about 19k)."""
     size: int = 512
     """Side of the square videos, pixels."""
-    fps: float = 25.0
-    """Frames per second of the videos."""
     turntable_seconds: float = 4.0
     """Length of the turntable (one full turn), seconds; 0 skips it."""
-    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    background: tuple[float, float, float] = field(default=(1.0, 1.0, 1.0), metadata=key_only())
     """RGB in [0, 1] behind the head in the videos."""
-    steps: int = 3
-    """Sampling steps of the motion diffusion model (0: the rule-based teacher alone)."""
-    seed: int = 0
-    """Seed of head motion, blinks and gaze (and of anything random in the build)."""
-    emotion: str = "neutral"
-    """Facial emotion of generated motion: neutral, happy, sad, angry or surprised."""
-    expression_scale: float = 1.0
-    """Multiplies facial expression (mouth and brows)."""
-    pose_scale: float = 1.0
-    """Multiplies head movement; 0 keeps the head still."""
-    blink_rate: float = 1.0
-    """Multiplies the natural blink rate."""
-    still: bool = False
-    """No head movement: only the face talks."""
-    face_index: int = 0
-    """Which face to use when the photo has several (0 is the largest)."""
-    device: str = "auto"
-    """auto, cpu or cuda: where frames are rendered (cuda needs gsplat); the build runs on the CPU."""
-    progress: bool = True
-    """Show progress bars."""
 
-    @property
-    def has_driver(self) -> bool:
-        return any(getattr(self, n) for n in ("audio", "text", "motion", "driving"))
+    def check(self) -> None:
+        """Refuse bad values before any work: the shared ones, the camera and the sizes."""
+        super().check()
+        if self.camera not in CAMERAS:
+            raise HeadsplatError(f"--camera must be one of {', '.join(CAMERAS)}; got {self.camera!r}")
+        if not 64 <= self.size <= 2048:
+            raise HeadsplatError(f"--size must be between 64 and 2048 pixels; got {self.size}")
+        if not 5_000 <= self.num_gaussians <= 2_000_000:
+            raise HeadsplatError(
+                f"--num-gaussians must be between 5000 and 2000000; got {self.num_gaussians}"
+            )
+        if not (math.isfinite(self.turntable_seconds) and 0 <= self.turntable_seconds <= 600):
+            raise HeadsplatError(f"--turntable-seconds must be from 0 to 600; got {self.turntable_seconds}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -135,10 +107,7 @@ def to_metres(gaussians: Gaussians) -> Gaussians:
 # Steps
 def build_from_photo(cfg: Avatar3DConfig, head: HeadModel) -> HeadAvatar:
     """Load the portrait, fit the head and build its 3D avatar."""
-    from pipelines.files import require_file
-    from pipelines.image_io import DEFAULT_MAX_SIDE, load_image
-
-    photo = load_image(require_file(cfg.image, "portrait"), max_side=DEFAULT_MAX_SIDE)
+    photo = load_portrait(cfg.image)
     fit = fit_portrait(photo, cfg.face_index)
     if fit.inter_ocular_px and fit.inter_ocular_px < MIN_INTER_OCULAR_PX:
         raise HeadsplatError(
@@ -172,17 +141,11 @@ def render_rgb(gaussians: Gaussians, camera: Camera, background, backend: str) -
     return np.clip(np.rint(out.rgb.cpu().numpy() * 255.0), 0, 255).astype(np.uint8)
 
 
-def _talk_config(cfg: Avatar3DConfig) -> TalkConfig:
-    shared = {f.name for f in fields(TalkConfig)} & {f.name for f in fields(Avatar3DConfig)}
-    values = {
-        n: getattr(cfg, n) for n in shared if n not in ("image", "output", "device", "progress", "face_index")
-    }
-    return TalkConfig(**values)
-
-
 def _check(cfg: Avatar3DConfig) -> Path:
+    """The output folder, after the checks every Avatar3D run makes before any work."""
     from pipelines.cli import check_writable_folder
 
+    cfg.check()
     out = Path(cfg.output)
     if not out.is_dir():
         raise HeadsplatError(f"output folder does not exist: {out} (create it first)")
@@ -195,19 +158,6 @@ def _check(cfg: Avatar3DConfig) -> Path:
         target = os.path.realpath(out / name)
         if any(os.path.realpath(p) == target for p in inputs):
             raise HeadsplatError(f"{out / name} would overwrite an input; choose another output folder")
-    if cfg.camera not in CAMERAS:
-        raise HeadsplatError(f"--camera must be one of {', '.join(CAMERAS)}; got {cfg.camera!r}")
-    if cfg.emotion not in EMOTIONS:
-        raise HeadsplatError(f"unknown --emotion {cfg.emotion!r}; choose one of {', '.join(EMOTIONS)}")
-    if not 64 <= cfg.size <= 2048:
-        raise HeadsplatError(f"--size must be between 64 and 2048 pixels; got {cfg.size}")
-    if not 1 <= cfg.fps <= 120:
-        raise HeadsplatError(f"--fps must be from 1 to 120; got {cfg.fps}")
-    if not 5_000 <= cfg.num_gaussians <= 2_000_000:
-        raise HeadsplatError(f"--num-gaussians must be between 5000 and 2000000; got {cfg.num_gaussians}")
-    if not (math.isfinite(cfg.turntable_seconds) and 0 <= cfg.turntable_seconds <= 600):
-        raise HeadsplatError(f"--turntable-seconds must be from 0 to 600; got {cfg.turntable_seconds}")
-    check_motion_controls(cfg)
     return out
 
 
@@ -218,14 +168,14 @@ def avatar3d(cfg: Avatar3DConfig) -> dict[str, Path]:
     from pipelines.video_io import VideoWriter
 
     out = _check(cfg)
-    device = resolve_device(cfg.device)
-    backend = "gsplat" if device == "cuda" else "cpu"
+    device = resolve_device(cfg.device, rendering=True)
+    backend = "cpu" if device == "cpu" else "gsplat"
     torch.manual_seed(cfg.seed)  # the build is deterministic; the seed drives the generated motion
     head = HeadModel()
     avatar = load_head_avatar(cfg.avatar, head) if cfg.avatar else build_from_photo(cfg, head)
     written: dict[str, Path] = {}
     with tempfile.TemporaryDirectory(prefix="headsplat-") as tmp:
-        motion, audio = make_motion(_talk_config(cfg), Path(tmp)) if cfg.has_driver else (None, None)
+        motion, audio = make_motion(cfg, Path(tmp)) if cfg.has_driver else (None, None)
         if motion is not None and motion.num_frames == 0:
             raise HeadsplatError("the driver is too short to make a single frame")
         # Everything the user could get wrong has been checked: now the files.
@@ -266,50 +216,20 @@ def avatar3d(cfg: Avatar3DConfig) -> dict[str, Path]:
 # ------------------------------------------------------------------------------------------------
 # CLI
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.avatar3d",
-        description="Turn one portrait into an animatable 3D Gaussian head: head.ply (metres, y up), "
-        "head.splat, turntable.mp4, avatar.safetensors, and with a driver a talking 3D video (talk3d.mp4).",
+    description = (
+        "Turn one portrait into an animatable 3D Gaussian head: head.ply (metres, y up), head.splat, "
+        "turntable.mp4, avatar.safetensors, and with a driver a talking 3D video (talk3d.mp4)."
     )
-    parser.add_argument(
-        "-s", "--image", default=str(DEFAULT_PORTRAIT), help="portrait photo (default: the shipped one)"
-    )
-    parser.add_argument("-o", "--output", default=".", help="existing folder for the outputs (default: .)")
-    parser.add_argument("--avatar", help="reuse a built avatar.safetensors instead of building from --image")
-    parser.add_argument(
-        "--camera", default="front", choices=CAMERAS, help="camera of the talking video (default: front)"
-    )
-    parser.add_argument(
-        "--num-gaussians", type=int, default=100_000, help="surface Gaussians of the head (default: 100000)"
-    )
-    parser.add_argument("--size", type=int, default=512, help="video side in pixels (default: 512)")
-    parser.add_argument(
-        "--turntable-seconds", type=float, default=4.0, help="turntable length, 0 skips it (default: 4)"
-    )
-    add_motion_arguments(parser, "head")
-    return parser
-
-
-def config_from_args(args: argparse.Namespace) -> Avatar3DConfig:
-    names = {f.name for f in fields(Avatar3DConfig)}
-    values = {k: v for k, v in vars(args).items() if k in names}
-    return Avatar3DConfig(**values, progress=not args.quiet)
+    return generator_parser(Avatar3DConfig, "python -m pipelines.avatar3d", description)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.cli import run_cli
-
-    args = build_parser().parse_args(argv)
-    cfg = config_from_args(args)
-    torch.set_num_threads(1)  # numba renders in parallel; torch's own threads would only fight it
-    start = time.perf_counter()
-
-    def work() -> None:
+    def run(cfg: Avatar3DConfig) -> str:
         written = avatar3d(cfg)
-        names = ", ".join(p.name for p in written.values())
-        print(f"wrote {names} to {Path(cfg.output)} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+        return f"{', '.join(p.name for p in written.values())} to {Path(cfg.output)}"
 
-    return run_cli(work, interrupted="interrupted; files already finished were kept, none is half-written")
+    interrupted = "interrupted; files already finished were kept, none is half-written"
+    return run_generator(build_parser(), Avatar3DConfig, run, argv, interrupted=interrupted)
 
 
 if __name__ == "__main__":

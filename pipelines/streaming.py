@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from models.errors import HeadsplatError
-from pipelines.talk import TalkConfig, check_config, make_motion, prepare_avatar, render_frames
+from pipelines.drivers import make_motion
+from pipelines.talk import TalkConfig, check_config, prepare_avatar, render_frames
 
 AUDIO_RATE = 16_000  # Hz: the rate `pipelines.audio_io.load_audio` delivers
 
@@ -103,8 +104,9 @@ def stream_talk(
 ) -> Iterator[TalkEvent]:
     """Run Talk, yielding each chunk (.mp4 in `workdir`) as it is rendered; cfg.output is complete at 'done'.
 
-    `device` is 'cpu' (the numba renderer) or 'cuda' (gsplat); cfg.device is not consulted, so the caller
-    decides where rendering happens (the app keeps it on the CPU unless gsplat is usable).
+    `device` is 'cpu' (the numba renderer) or 'cuda[:N]' (gsplat), as `pipelines.device.resolve_device`
+    gives it; cfg.device is not consulted, so the caller decides where rendering happens (the app keeps it
+    on the CPU unless gsplat is usable).
     """
     from pipelines.audio_io import load_audio, save_wav
     from pipelines.motion_io import save_motion
@@ -117,8 +119,8 @@ def stream_talk(
     check_config(cfg)
     check_audio_length(cfg.audio, config.max_seconds)
     photo, avatar = prepare_avatar(cfg)  # the portrait first: a photo without a face fails fast
-    if device == "cuda":
-        avatar = avatar.to("cuda")
+    if device != "cpu":
+        avatar = avatar.to(device)
     yield TalkEvent("avatar", 0, 0)
     motion, audio = make_motion(cfg, workdir)
     if motion.num_frames == 0:
@@ -133,7 +135,7 @@ def stream_talk(
     total = motion.num_frames
     yield TalkEvent("motion", 0, total)
     samples = load_audio(audio) if audio is not None else None
-    backend = "gsplat" if device == "cuda" else "cpu"
+    backend = "cpu" if device == "cpu" else "gsplat"
     frames = render_frames(photo, avatar, motion, crop=cfg.crop, backend=backend)
     with VideoWriter(cfg.output, motion.fps, audio=audio) as full:
         for index, (start, stop) in enumerate(chunk_bounds(total, motion.fps, config)):

@@ -68,6 +68,17 @@ def test_the_app_has_its_tabs_and_the_api_endpoints_the_tests_use():
     assert live.streaming and live.autoplay
 
 
+def test_the_talk_controls_start_at_the_config_defaults_and_stop_at_the_step_limit():
+    from models.motion_diffusion import MAX_STEPS
+    from pipelines.talk import TalkConfig
+
+    demo = app.build_demo()
+    sliders = {b.label: b for b in demo.blocks.values() if isinstance(b, gr.Slider)}
+    steps = sliders["Motion diffusion steps (0: rule-based)"]
+    assert (steps.minimum, steps.maximum, steps.value) == (0, MAX_STEPS, TalkConfig().steps)
+    assert sliders["Head movement scale"].value == TalkConfig().pose_scale
+
+
 def test_gpu_decorator_is_a_no_op_without_the_spaces_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "spaces", None)  # import spaces -> ImportError
 

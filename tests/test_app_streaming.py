@@ -13,9 +13,10 @@ import pytest
 from models.errors import HeadsplatError
 from models.latent import EXPRESSION_INDEX, Motion
 from pipelines.audio_io import load_audio, save_wav
+from pipelines.drivers import DEFAULT_AUDIO
 from pipelines.motion_io import load_motion, save_motion
 from pipelines.streaming import StreamConfig, audio_slice, chunk_bounds, stream_talk
-from pipelines.talk import DEFAULT_AUDIO, TalkConfig
+from pipelines.talk import TalkConfig
 from pipelines.video_io import read_video
 
 FFPROBE = shutil.which("ffprobe")

@@ -22,10 +22,19 @@ from models.head_avatar import (
 )
 from models.head_model import HeadModel
 from models.latent import EXPRESSION_INDEX, NUM_EXPRESSIONS, Motion
-from pipelines.avatar3d import CM_PER_METRE, load_head_avatar, main, save_head_avatar, to_metres
+from pipelines.avatar3d import (
+    CM_PER_METRE,
+    Avatar3DConfig,
+    build_parser,
+    load_head_avatar,
+    main,
+    save_head_avatar,
+    to_metres,
+)
+from pipelines.config_cli import config_from_args
 from pipelines.image_io import load_image
 from pipelines.motion_io import save_motion
-from pipelines.talk import DEFAULT_PORTRAIT, fit_portrait
+from pipelines.portrait import DEFAULT_PORTRAIT, fit_portrait
 from renderers import Gaussians, rasterize, write_ply
 from renderers.gaussians import SH_C0
 from renderers.mesh_raster import rasterize_mesh
@@ -302,3 +311,13 @@ def test_cli_bad_inputs_fail_with_one_line_and_write_nothing(tmp_path, capsys):
         assert code == 2, (args, err)
         assert len(lines) == 1 and words.split()[0] in lines[0].lower(), (args, err)
     assert list(out.iterdir()) == []
+
+
+def test_flags_parse_to_the_config_defaults_and_the_background_is_no_flag():
+    assert config_from_args(Avatar3DConfig, build_parser().parse_args([])) == Avatar3DConfig()
+    args = ["-o", "out", "--camera", "orbit", "--num-gaussians", "20000", "--quiet", "--still"]
+    cfg = config_from_args(Avatar3DConfig, build_parser().parse_args(args))
+    assert cfg == Avatar3DConfig(
+        output="out", camera="orbit", num_gaussians=20_000, progress=False, still=True
+    )
+    assert "--background" not in build_parser().format_help()

@@ -9,10 +9,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from models.errors import HeadsplatError
 from models.latent import EXPRESSION_INDEX, Motion
+from models.motion_diffusion import MAX_STEPS
+from pipelines import talk
 from pipelines.audio_io import load_audio, save_wav
+from pipelines.config_cli import config_from_args
+from pipelines.drivers import DEFAULT_AUDIO, MAX_TEXT_CHARS, check_drivers
 from pipelines.motion_io import save_motion
-from pipelines.talk import DEFAULT_AUDIO, DEFAULT_PORTRAIT, main
+from pipelines.portrait import DEFAULT_PORTRAIT
+from pipelines.talk import TalkConfig, build_parser, main
 
 FFPROBE = shutil.which("ffprobe")
 
@@ -194,6 +200,51 @@ def test_motion_that_does_not_match_the_audio_is_refused(tmp_path, short_speech,
         capsys,
     )
     assert code == 2 and "do not belong together" in err
+
+
+def test_flags_parse_to_the_config_defaults_and_back():
+    assert config_from_args(TalkConfig, build_parser().parse_args([])) == TalkConfig()
+    args = "-s me.jpg --text hi --pose-scale 0.5 --emotion happy --size 256 --quiet".split()
+    cfg = config_from_args(TalkConfig, build_parser().parse_args(args))
+    expected = TalkConfig(
+        image="me.jpg", text="hi", pose_scale=0.5, emotion="happy", size=256, progress=False
+    )
+    assert cfg == expected
+
+
+def test_one_driver_only_but_a_motion_may_bring_its_audio():
+    check_drivers("a.wav", None, "m.npz", None)
+    for drivers, named in [(("a.wav", "hi", None, None), "both audio and text"),
+                           ((None, "hi", None, "v.mp4"), "both text and driving"),
+                           (("a.wav", None, "m.npz", "v.mp4"), "audio, motion and driving")]:  # fmt: skip
+        with pytest.raises(HeadsplatError, match=named):
+            check_drivers(*drivers)
+
+
+def test_text_limits_are_the_callers_the_default_being_the_command_lines():
+    check_drivers(None, "a" * MAX_TEXT_CHARS, None, None)
+    with pytest.raises(HeadsplatError, match="characters"):
+        check_drivers(None, "a" * (MAX_TEXT_CHARS + 1), None, None)
+    with pytest.raises(HeadsplatError, match="the most is 1,000"):
+        check_drivers(None, "a" * 1001, None, None, max_text_chars=1000)
+    for bad in ("   ", "nul\0here"):
+        with pytest.raises(HeadsplatError):
+            check_drivers(None, bad, None, None)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--steps", str(MAX_STEPS + 1)], f"steps must be 0-{MAX_STEPS}"),
+        (["--audio", "a.wav", "--text", "hi"], "one driver"),
+        (["--pose-scale", "11"], "pose_scale"),
+        (["--fps", "0"], "fps"),
+    ],
+)
+def test_bad_controls_and_drivers_are_refused_before_any_work(tmp_path, monkeypatch, capsys, flags, message):
+    monkeypatch.setattr(talk, "prepare_avatar", lambda *a, **k: pytest.fail("work started"))
+    code, err = _run([*flags, "-o", str(tmp_path / "x.mp4")], capsys)
+    assert code == 2 and message in err and err.count("\n") == 1, err
 
 
 def _write(path: Path, data: bytes) -> Path:
