@@ -7,8 +7,11 @@ into one pass each, spread over all cores, and written into arrays the caller ow
 
 from __future__ import annotations
 
-import numba
 import numpy as np
+
+from renderers import load_numba
+
+numba = load_numba()
 
 _BLOCK = 512  # vertices per parallel work item (their 53 expression rows stream through the cache once)
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import cv2
-import numba
 import numpy as np
 import torch
 from torch import Tensor
+
+from .parallel import PARALLEL_LOCK
 
 Image = np.ndarray | Tensor
 
@@ -168,50 +169,12 @@ class FramePaster:
         out = self.photo.copy()
         y0, y1, x0, x1 = self.region
         if y1 > y0:
-            from renderers._cpu import PARALLEL_LOCK
+            from ._paste_kernel import paste_kernel
 
             with PARALLEL_LOCK:
-                _paste_kernel(
+                paste_kernel(
                     np.ascontiguousarray(rgb, np.float32), np.ascontiguousarray(alpha, np.float32),
                     np.ascontiguousarray(background, np.float32), self.photo, self.weight, self.inverse,
                     y0, y1, x0, x1, out,
                 )  # fmt: skip
         return out
-
-
-@numba.njit(cache=True, inline="always")
-def _crop_value(rgb, alpha, bg, y, x, c):  # pragma: no cover - compiled
-    """Crop pixel (y, x) channel c composited over its background, clipped, in grey levels."""
-    v = rgb[y, x, c] + (np.float32(1.0) - alpha[y, x]) * bg[y, x, c]
-    return min(max(v, np.float32(0.0)), np.float32(1.0)) * np.float32(255.0)
-
-
-@numba.njit(parallel=True, cache=True)
-def _paste_kernel(rgb, alpha, bg, photo, weight, inv, y0, y1, x0, x1, out):  # pragma: no cover - compiled
-    h, w = alpha.shape
-    one = np.float32(1.0)
-    for y in numba.prange(y0, y1):
-        for x in range(x0, x1):
-            wt = weight[y, x]
-            if wt <= 0.0:
-                continue
-            u = inv[0, 0] * x + inv[0, 1] * y + inv[0, 2]
-            v = inv[1, 0] * x + inv[1, 1] * y + inv[1, 2]
-            u0 = int(np.floor(u))
-            v0 = int(np.floor(v))
-            fu = np.float32(u - u0)
-            fv = np.float32(v - v0)
-            ua, ub = min(max(u0, 0), w - 1), min(max(u0 + 1, 0), w - 1)
-            va, vb = min(max(v0, 0), h - 1), min(max(v0 + 1, 0), h - 1)
-            for c in range(3):
-                top = (
-                    _crop_value(rgb, alpha, bg, va, ua, c) * (one - fu)
-                    + _crop_value(rgb, alpha, bg, va, ub, c) * fu
-                )
-                bot = (
-                    _crop_value(rgb, alpha, bg, vb, ua, c) * (one - fu)
-                    + _crop_value(rgb, alpha, bg, vb, ub, c) * fu
-                )
-                val = top * (one - fv) + bot * fv
-                blended = np.float32(photo[y, x, c]) * (one - wt) + val * wt
-                out[y, x, c] = np.uint8(min(max(np.floor(blended + np.float32(0.5)), 0.0), 255.0))

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numba
 import numpy as np
+
+from .parallel import load_numba
+
+numba = load_numba()
 
 
 @dataclass

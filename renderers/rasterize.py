@@ -33,6 +33,7 @@ camera-space centre depths z_i (cm) with compositing weights w_i, and 0 where al
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -40,7 +41,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import _cpu
+from ._conventions import (
+    ALPHA_MAX,
+    ALPHA_MIN,
+    EPS2D,
+    EXP_S_MAX,
+    EXP_STEPS,
+    EXP_TABLE,
+    EXTEND_MAX,
+    T_MIN,
+    TILE,
+)
 from .camera import Camera
 from .gaussians import Gaussians, quat_to_rotmat, sh_to_rgb
 
@@ -62,7 +73,7 @@ def rasterize(
     height: int | None = None,
     background: Tensor | Sequence[float] | None = None,  # [3] RGB
     backend: str = "auto",
-    eps2d: float = _cpu.EPS2D,
+    eps2d: float = EPS2D,
 ) -> RenderOutput:
     """Render Gaussians from one camera ([H, W, ...] outputs) or a list of cameras ([C, H, W, ...]).
 
@@ -70,7 +81,7 @@ def rasterize(
     (`Camera.resized`). `background` is an RGB colour (default black). Backends: "gsplat" (CUDA tensors,
     needs the optional gsplat package; differentiable), "cpu" (numba, tile based), "reference" (dense
     torch, slow, the test oracle), "auto" (gsplat when the Gaussians are on CUDA and gsplat imports,
-    else cpu). `eps2d` is the screen-space low-pass (pixels², added to each projected covariance's
+    else cpu; CUDA Gaussians that fall back warn once, naming gsplat's import error). `eps2d` is the screen-space low-pass (pixels², added to each projected covariance's
     diagonal; gsplat's default 0.3, which every backend takes the same way). Outputs are float32 on the
     Gaussians' device.
     """
@@ -96,7 +107,7 @@ def rasterize(
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     if backend == "auto":
-        backend = "gsplat" if gaussians.device.type == "cuda" and _gsplat_available() else "cpu"
+        backend = _auto_backend(gaussians.device)
 
     if backend == "gsplat":
         out = _render_gsplat(gaussians, cams, bg, eps2d)
@@ -109,13 +120,41 @@ def rasterize(
     return RenderOutput(*(t[0] for t in out)) if single else out
 
 
+def _auto_backend(device: torch.device) -> str:
+    """What backend="auto" means for Gaussians on `device`: gsplat for CUDA when gsplat imports, else the
+    CPU backend, with one warning per process when CUDA Gaussians fall back because gsplat cannot run."""
+    if device.type != "cuda":
+        return "cpu"
+    error = _gsplat_import_error()
+    if error is None:
+        return "gsplat"
+    _warn_cpu_fallback(_gsplat_problem(error))
+    return "cpu"
+
+
 @functools.cache
-def _gsplat_available() -> bool:
+def _gsplat_import_error() -> BaseException | None:
+    """What importing gsplat raised (None when it imports); tried once per process."""
     try:
         import gsplat  # noqa: F401
-    except Exception:
-        return False
-    return torch.cuda.is_available()
+    except Exception as err:  # a broken install raises anything from its own imports (OSError, RuntimeError)
+        return err
+    return None
+
+
+def _gsplat_problem(error: BaseException) -> str:
+    """One line saying why gsplat cannot be used, from what importing it raised."""
+    if isinstance(error, ModuleNotFoundError) and error.name == "gsplat":
+        return "gsplat is not installed (pip install 'headsplat[cuda]')"
+    detail = " ".join(f"{type(error).__name__}: {error}".split())
+    return f"gsplat is installed but fails to import ({detail})"
+
+
+@functools.cache
+def _warn_cpu_fallback(problem: str) -> None:
+    warnings.warn(
+        f"rasterize: {problem}; rendering CUDA Gaussians on the CPU instead", RuntimeWarning, stacklevel=4
+    )
 
 
 # ----------------------------------------------------------------------------------------------- cpu
@@ -126,8 +165,10 @@ def _render_cpu(
     cam: Camera,
     bg: Tensor,
     stage_seconds: dict[str, float] | None = None,
-    eps2d: float = _cpu.EPS2D,
+    eps2d: float = EPS2D,
 ) -> tuple[Tensor, Tensor, Tensor]:
+    from . import _cpu  # numba loads here, on the first CPU render
+
     def host(t: Tensor) -> np.ndarray:
         return t.detach().to("cpu", torch.float32).contiguous().numpy()
 
@@ -151,7 +192,7 @@ class _Projected(NamedTuple):
     visible: Tensor  # [N] bool
 
 
-def _project_reference(g: Gaussians, cam: Camera, eps2d: float = _cpu.EPS2D) -> _Projected:
+def _project_reference(g: Gaussians, cam: Camera, eps2d: float = EPS2D) -> _Projected:
     """gsplat's EWA projection in float64 torch, rounded to float32 like the CPU backend."""
     view = cam.world_to_camera.to(g.device, torch.float64)
     rot_v, t_v = view[:3, :3], view[:3, 3]
@@ -180,10 +221,8 @@ def _project_reference(g: Gaussians, cam: Camera, eps2d: float = _cpu.EPS2D) -> 
     conics = torch.stack([d / det, -b / det, a / det], -1)
     means2d = torch.stack([fx * x * (1.0 / z) + cx, fy * y * (1.0 / z) + cy], -1).float()
     op = g.opacities.double()
-    alpha_min = float(_cpu.ALPHA_MIN)
-    extend = torch.sqrt(2.0 * torch.log(torch.clamp_min(op, alpha_min) / alpha_min)).clamp_max(
-        _cpu.EXTEND_MAX
-    )
+    alpha_min = float(ALPHA_MIN)
+    extend = torch.sqrt(2.0 * torch.log(torch.clamp_min(op, alpha_min) / alpha_min)).clamp_max(EXTEND_MAX)
     rx = torch.ceil(extend * a.sqrt())
     ry = torch.ceil(extend * d.sqrt())
     m2 = means2d.double()
@@ -194,15 +233,15 @@ def _project_reference(g: Gaussians, cam: Camera, eps2d: float = _cpu.EPS2D) -> 
 
 def _exp_neg_torch(s: Tensor) -> Tensor:
     """exp(-s) for float32 s in [0, 5.6]: _cpu.exp_neg's operations in the same order (bit-identical)."""
-    u = s * float(_cpu.EXP_STEPS)
+    u = s * float(EXP_STEPS)
     i = torch.floor(u)
     f = u - i
-    row = torch.from_numpy(_cpu.EXP_TABLE).to(s.device)[i.long()]
+    row = torch.from_numpy(EXP_TABLE).to(s.device)[i.long()]
     return row[..., 0] + row[..., 1] * f
 
 
 def _render_reference(
-    g: Gaussians, cam: Camera, bg: Tensor, eps2d: float = _cpu.EPS2D
+    g: Gaussians, cam: Camera, bg: Tensor, eps2d: float = EPS2D
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Dense and obviously correct: every visible Gaussian at every pixel, front to back by depth."""
     proj = _project_reference(g, cam, eps2d)
@@ -219,16 +258,14 @@ def _render_reference(
     color_acc = torch.zeros(h, w, 3, **f32)
     depth_acc = torch.zeros(h, w, **f32)
     done = torch.zeros(h, w, dtype=torch.bool, device=g.device)
-    alpha_min, alpha_max, t_min = (
-        torch.tensor(v, **f32) for v in (_cpu.ALPHA_MIN, _cpu.ALPHA_MAX, _cpu.T_MIN)
-    )
+    alpha_min, alpha_max, t_min = (torch.tensor(v, **f32) for v in (ALPHA_MIN, ALPHA_MAX, T_MIN))
     for i in ids.tolist():
         a, b, c = proj.conics[i]
         dx = proj.means2d[i, 0] - px
         dy = proj.means2d[i, 1] - py
         sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
         # Beyond sigma = 5.6 alpha < exp(-5.6) < 1/255 for any opacity, so clamping there skips the same.
-        alpha = torch.minimum(g.opacities[i] * _exp_neg_torch(sigma.clamp(0.0, _cpu.EXP_S_MAX)), alpha_max)
+        alpha = torch.minimum(g.opacities[i] * _exp_neg_torch(sigma.clamp(0.0, EXP_S_MAX)), alpha_max)
         use = (sigma >= 0) & (alpha >= alpha_min) & ~done
         next_trans = trans * (1.0 - alpha)
         stop = use & (next_trans <= t_min)
@@ -247,14 +284,14 @@ def _render_reference(
 # -------------------------------------------------------------------------------------------- gsplat
 
 
-def _render_gsplat(g: Gaussians, cams: list[Camera], bg: Tensor, eps2d: float = _cpu.EPS2D) -> RenderOutput:
-    try:
-        from gsplat import rasterization
-    except ImportError as e:
+def _render_gsplat(g: Gaussians, cams: list[Camera], bg: Tensor, eps2d: float = EPS2D) -> RenderOutput:
+    error = _gsplat_import_error()
+    if error is not None:
         raise ValueError(
-            "backend='gsplat' needs the gsplat package (pip install 'headsplat[cuda]'); "
-            "use backend='cpu' instead"
-        ) from e
+            f"backend='gsplat' cannot run: {_gsplat_problem(error)}; use backend='cpu'"
+        ) from error
+    from gsplat import rasterization
+
     if g.device.type != "cuda":
         raise ValueError("backend='gsplat' needs the Gaussians on CUDA: call gaussians.to('cuda') first")
     near, far = {c.near for c in cams}, {c.far for c in cams}
@@ -271,7 +308,7 @@ def _render_gsplat(g: Gaussians, cams: list[Camera], bg: Tensor, eps2d: float = 
     out, alphas, _ = rasterization(
         g.means, g.quats, g.scales, g.opacities, colors, viewmats, ks, cams[0].width, cams[0].height,
         near_plane=near.pop(), far_plane=far.pop(), eps2d=float(eps2d), sh_degree=sh_degree, packed=False,
-        tile_size=_cpu.TILE, backgrounds=bg.to(dev).expand(len(cams), 3), render_mode="RGB+ED",
+        tile_size=TILE, backgrounds=bg.to(dev).expand(len(cams), 3), render_mode="RGB+ED",
         rasterize_mode="classic",
     )  # fmt: skip
     return RenderOutput(out[..., :3], alphas[..., 0], out[..., 3])

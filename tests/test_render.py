@@ -1,6 +1,9 @@
 """The CPU backend draws exactly what the dense reference draws; cameras, batching and bad input."""
 
+import importlib
 import math
+import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -345,7 +348,8 @@ def test_auto_backend_uses_the_cpu_backend_for_cpu_tensors():
 def test_shared_float32_exp_is_accurate_and_identical_in_numba_and_torch():
     from numba import njit
 
-    from renderers._cpu import EXP_S_MAX, EXP_TABLE, exp_neg
+    from renderers._conventions import EXP_S_MAX, EXP_TABLE
+    from renderers._cpu import exp_neg
     from renderers.rasterize import _exp_neg_torch
 
     @njit
@@ -397,3 +401,34 @@ def test_screen_space_low_pass_is_a_parameter_every_backend_takes_alike():
     assert sharp_cpu.alpha.sum() < 0.8 * soft.alpha.sum()
     with pytest.raises(ValueError, match="eps2d"):
         rasterize(g, CAM, backend="cpu", eps2d=-1.0)
+
+
+@pytest.fixture
+def broken_gsplat(tmp_path, monkeypatch):
+    """A gsplat whose import fails the way a mismatched CUDA build does, for this test only."""
+    rasterize_module = importlib.import_module("renderers.rasterize")  # the module, not the function
+    package = tmp_path / "gsplat"
+    package.mkdir()
+    (package / "__init__.py").write_text("raise OSError('libcudart.so.12: cannot open shared object file')\n")
+    for name in [m for m in sys.modules if m == "gsplat" or m.startswith("gsplat.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rasterize_module._gsplat_import_error.cache_clear()
+    rasterize_module._warn_cpu_fallback.cache_clear()
+    yield rasterize_module
+    rasterize_module._gsplat_import_error.cache_clear()
+    rasterize_module._warn_cpu_fallback.cache_clear()
+
+
+def test_a_broken_gsplat_falls_back_loudly_once_and_refuses_an_explicit_request(broken_gsplat):
+    g = random_scene(10, seed=15)
+    with pytest.raises(ValueError, match="gsplat is installed but fails to import .*libcudart"):
+        rasterize(g, CAM, backend="gsplat")
+    # "auto" with CUDA Gaussians falls back to the CPU with one warning naming the error, then quietly.
+    with pytest.warns(RuntimeWarning, match="OSError: libcudart.so.12.*on the CPU") as caught:
+        assert broken_gsplat._auto_backend(torch.device("cuda")) == "cpu"
+    assert len(caught) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert broken_gsplat._auto_backend(torch.device("cuda")) == "cpu"
+        assert broken_gsplat._auto_backend(torch.device("cpu")) == "cpu"
