@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -51,11 +52,18 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$"
 _HEAD_SPEC = re.compile(r"^[\s0-9:*,]*$")
 
 
-def _env_float(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name, default))
-    except ValueError:
+def _env_float(name: str, default: float, low: float = 1.0, high: float = 1e6) -> float:
+    """A HEADSPLAT_* setting from the environment; a malformed or out-of-range value is an error, not ignored."""
+    text = os.environ.get(name, "").strip()
+    if not text:
         return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise HeadsplatError(f"{name}={text!r} is not a number") from None
+    if not low <= value <= high:  # NaN fails this too
+        raise HeadsplatError(f"{name}={text!r} must be from {low:g} to {high:g}")
+    return value
 
 
 def max_seconds() -> float:
@@ -209,13 +217,6 @@ def run_talk(
 
 # ------------------------------------------------------------------------------------------------
 # Avatar3D
-def has_avatar3d() -> bool:
-    """Whether the Avatar3D pipeline is part of this checkout (its tab is shown only then)."""
-    import importlib.util
-
-    return importlib.util.find_spec("pipelines.avatar3d") is not None
-
-
 def run_avatar3d(
     portrait: str | None,
     num_gaussians: float,
@@ -421,7 +422,9 @@ def _motion_file_input() -> gr.File:
 
 
 def _size_slider(label: str) -> gr.Slider:
-    return gr.Slider(128, 768, value=int(_env_float("HEADSPLAT_TALK_SIZE", 384)), step=64, label=label)
+    return gr.Slider(
+        128, 768, value=int(_env_float("HEADSPLAT_TALK_SIZE", 384, 128, 768)), step=64, label=label
+    )
 
 
 def _talk_tab() -> None:
@@ -583,9 +586,8 @@ def build_demo() -> gr.Blocks:
         gr.Markdown("# headsplat\nTalking heads and 3D head avatars drawn with Gaussian splatting.")
         with gr.Tab("Talk"):
             _talk_tab()
-        if has_avatar3d():
-            with gr.Tab("Avatar3D"):
-                _avatar3d_tab()
+        with gr.Tab("Avatar3D"):
+            _avatar3d_tab()
         with gr.Tab("Guide"):
             _guide_tab()
     demo.queue(default_concurrency_limit=concurrency, max_size=int(_env_float("HEADSPLAT_QUEUE_SIZE", 16)))
@@ -601,4 +603,9 @@ if __name__ == "__main__":
     import torch
 
     torch.set_num_threads(1)  # numba renders in parallel; torch's own threads would only fight it
-    build_demo().launch(**launch_options())
+    try:
+        demo = build_demo()
+    except HeadsplatError as err:  # a malformed HEADSPLAT_* setting
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    demo.launch(**launch_options())

@@ -12,11 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
 from PIL import Image
-
-gradio_client = pytest.importorskip("gradio_client")
-from gradio_client import Client, handle_file  # noqa: E402
-from gradio_client.exceptions import AppError  # noqa: E402
 
 import app  # noqa: E402
 from models.latent import EXPRESSION_INDEX, Motion  # noqa: E402
@@ -216,7 +214,6 @@ def test_server_files_are_not_reachable_by_path(server, target):
         assert caught.value.code in (403, 404), url
 
 
-@pytest.mark.skipif(not app.has_avatar3d(), reason="pipelines.avatar3d is not in this checkout")
 @pytest.mark.skipif(FFPROBE is None, reason="needs ffprobe (Debian package ffmpeg)")
 def test_avatar3d_builds_a_ply_a_turntable_and_a_talking_head(client, media):
     short = Motion.neutral(10, 25.0)  # 0.4 s, silent: Talk's tests cover the audio track

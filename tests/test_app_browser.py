@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(
     not (CHROMIUM and Path(CHROMEDRIVER).exists()),
     reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
 )
-webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install selenium)")
+from selenium import webdriver  # noqa: E402 (a test dependency: pyproject's [test] extra)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402

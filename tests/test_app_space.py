@@ -58,12 +58,8 @@ def test_the_app_has_its_tabs_and_the_api_endpoints_the_tests_use():
     assert isinstance(demo, gr.Blocks)
     tabs = [block.label for block in demo.blocks.values() if isinstance(block, gr.Tab)]
     endpoints = {fn.api_name for fn in demo.fns.values()}
-    if app.has_avatar3d():
-        assert tabs == ["Talk", "Avatar3D", "Guide"]
-        assert {"talk", "avatar3d", "guide", "search"} <= endpoints
-    else:  # before the Avatar3D pipeline is merged: no placeholder tab
-        assert tabs == ["Talk", "Guide"]
-        assert {"talk", "guide", "search"} <= endpoints
+    assert tabs == ["Talk", "Avatar3D", "Guide"]
+    assert {"talk", "avatar3d", "guide", "search"} <= endpoints
     live = next(b for b in demo.blocks.values() if isinstance(b, gr.Video))
     assert live.streaming and live.autoplay
 
@@ -96,7 +92,7 @@ def test_messages_lose_their_folders():
     )
 
 
-@pytest.mark.parametrize(("value", "expected"), [(None, 60.0), ("12.5", 12.5), ("oops", 60.0)])
+@pytest.mark.parametrize(("value", "expected"), [(None, 60.0), ("12.5", 12.5), ("", 60.0)])
 def test_the_speech_limit_comes_from_the_environment(monkeypatch, value, expected):
     if value is None:
         monkeypatch.delenv("HEADSPLAT_MAX_SECONDS", raising=False)
@@ -109,3 +105,14 @@ def test_each_job_gets_its_own_folder_under_the_app_temp_root():
     first, second = app.new_workdir(), app.new_workdir()
     assert first != second and first.parent == second.parent == app.OUTPUT_ROOT
     assert first.is_dir() and not any(first.iterdir())
+
+
+@pytest.mark.parametrize(("name", "value"), [("HEADSPLAT_CONCURRENCY", "two"), ("HEADSPLAT_QUEUE_SIZE", "0"),
+                                             ("HEADSPLAT_TALK_SIZE", "5000"), ("HEADSPLAT_MAX_SECONDS", "nan")])  # fmt: skip
+def test_a_malformed_setting_is_an_error_not_ignored(monkeypatch, name, value):
+    from models.errors import HeadsplatError
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(HeadsplatError, match=name):
+        app.build_demo()
+        app.max_seconds()

@@ -15,7 +15,6 @@ import pytest
 
 from models.latent import Motion
 from pipelines.batch import (
-    AVATAR3D_MISSING,
     PIPELINES,
     RESULTS_NAME,
     BatchConfig,
@@ -534,19 +533,7 @@ def test_a_new_run_removes_the_temporary_files_a_killed_run_left(tmp_path):
     assert all("seconds" in row for row in _results(out).values())
 
 
-def test_avatar3d_items_fail_with_a_clear_message_when_the_pipeline_is_not_in_the_build(
-    tmp_path, monkeypatch
-):
-    monkeypatch.setitem(sys.modules, "pipelines.avatar3d", None)  # as in a build without it
-    manifest = _write_jsonl(tmp_path / "m.jsonl", [{"pipeline": "avatar3d", "output": "head3d", "size": 64}])
-    (item,) = load_manifest(manifest)
-    result = run_item(item, str(tmp_path))
-    assert result.status == "error" and result.error == AVATAR3D_MISSING
-    assert result.detail is None  # an expected condition, not a crash
-
-
 def test_avatar3d_items_are_checked_against_its_config_when_the_pipeline_is_present(tmp_path):
-    pytest.importorskip("pipelines.avatar3d")
     row = {"pipeline": "avatar3d", "portrait": "face.jpg", "output": "head3d", "background": [0, 0.5, 1]}
     (item,) = load_manifest(_write_jsonl(tmp_path / "good.jsonl", [row]))
     assert item.options == {"background": (0.0, 0.5, 1.0)}

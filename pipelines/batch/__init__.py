@@ -49,7 +49,6 @@ from pipelines.batch.local import (
     run_local,
 )
 from pipelines.batch.manifest import (
-    AVATAR3D_MISSING,
     CACHE_NAME,
     PIPELINES,
     RESERVED_FIELDS,
@@ -72,7 +71,6 @@ from pipelines.batch.run import ENGINES, BatchConfig, BatchSummary, run_batch
 from pipelines.batch.scheduling import PortraitScheduler
 
 __all__ = [
-    "AVATAR3D_MISSING",
     "CACHE_NAME",
     "ENGINES",
     "PIPELINES",

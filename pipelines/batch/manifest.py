@@ -28,7 +28,6 @@ RESULTS_NAME = "results.jsonl"
 CACHE_NAME = ".cache"
 #: Folder inside the output folder that holds each running item's temporary folder.
 TMP_NAME = ".tmp"
-AVATAR3D_MISSING = "avatar3d pipeline not available in this build"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -49,8 +48,6 @@ class PipelineEntry:
     """True when `output` names a folder the pipeline fills, False for one file."""
     output_suffix: str = ""
     """The suffix a file output must have."""
-    missing_message: str = ""
-    """Per-item error when the pipeline's module is not in this build."""
     folder_files: tuple[str, ...] = ()
     """The files a folder output may receive (checked before the item runs, cleaned up after a kill)."""
 
@@ -65,7 +62,7 @@ PIPELINES: dict[str, PipelineEntry] = {
     "avatar3d": PipelineEntry(
         "pipelines.avatar3d", "Avatar3DConfig", "avatar3d",
         ("portrait", "avatar", "audio", "text", "motion", "driving"),
-        output_is_folder=True, missing_message=AVATAR3D_MISSING,
+        output_is_folder=True,
         folder_files=("avatar.safetensors", "head.ply", "head.splat", "turntable.mp4", "talk3d.mp4"),
     ),
 }  # fmt: skip
@@ -79,7 +76,7 @@ def unavailable(pipeline: str) -> str | None:
     try:
         importlib.import_module(entry.module)
     except ImportError as err:
-        message = entry.missing_message or f"{pipeline} pipeline not available in this build"
+        message = f"{pipeline} pipeline not available in this build"
         # A module that is there but cannot import one of its own dependencies: say which.
         return message if err.name == entry.module else f"{message} ({err})"
     return None
