@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 import torch
 from torch import Tensor
 
 from models.transforms import matrix_to_quaternion, quaternion_multiply, quaternion_to_matrix
+from renderers import PARALLEL_LOCK, load_numba
+
+numba = load_numba()
 
 
 def triangle_frames(vertices: Tensor, triangles: Tensor) -> tuple[Tensor, Tensor]:
@@ -32,6 +34,12 @@ def triangle_frames(vertices: Tensor, triangles: Tensor) -> tuple[Tensor, Tensor
     return frames, double_area.clamp_min(1e-12).sqrt()
 
 
+def surface_points(vertices: Tensor, triangles: Tensor, triangle: Tensor, barycentric: Tensor) -> Tensor:
+    """Points [N, 3] at barycentric coordinates [N, 3] on triangles [N] (indices into `triangles` [T, 3])
+    of a mesh [V, 3]."""
+    return (barycentric[:, :, None] * vertices[triangles[triangle]]).sum(1)
+
+
 @dataclass
 class MeshBinding:
     """Where N Gaussians sit on a mesh, in triangle-local terms (all tensors share one device)."""
@@ -42,27 +50,21 @@ class MeshBinding:
     rotation: Tensor  # [N, 4] wxyz, in the triangle frame
     scale: Tensor  # [N, 3] axis lengths (1 sigma), in triangle-size units
 
+    #: The tensors above, in order (an avatar's state stores each as "binding.<field>").
+    FIELDS = ("triangle", "barycentric", "offset", "rotation", "scale")
+
     def __len__(self) -> int:
         return int(self.triangle.shape[0])
 
     def to(self, device) -> MeshBinding:
-        return MeshBinding(
-            *(getattr(self, f).to(device) for f in ("triangle", "barycentric", "offset", "rotation", "scale"))
-        )
+        return MeshBinding(*(getattr(self, f).to(device) for f in self.FIELDS))
 
     def subset(self, index: Tensor) -> MeshBinding:
-        return MeshBinding(
-            self.triangle[index],
-            self.barycentric[index],
-            self.offset[index],
-            self.rotation[index],
-            self.scale[index],
-        )
+        return MeshBinding(*(getattr(self, f)[index] for f in self.FIELDS))
 
     @staticmethod
     def concatenate(bindings: list[MeshBinding]) -> MeshBinding:
-        fields = ("triangle", "barycentric", "offset", "rotation", "scale")
-        return MeshBinding(*(torch.cat([getattr(b, f) for b in bindings]) for f in fields))
+        return MeshBinding(*(torch.cat([getattr(b, f) for b in bindings]) for f in MeshBinding.FIELDS))
 
     @classmethod
     def from_world(
@@ -109,8 +111,6 @@ class MeshBinding:
         scales: np.ndarray,
     ) -> None:
         """`pose` of one CPU mesh [V, 3] written into float32 arrays [N, 3], [N, 4], [N, 3] (e.g. row views)."""
-        from renderers._cpu import PARALLEL_LOCK
-
         with PARALLEL_LOCK:
             _pose_kernel(
                 vertices.astype(np.float32, copy=False),

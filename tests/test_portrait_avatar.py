@@ -44,6 +44,19 @@ def avatar(head, photo):
     )
 
 
+@pytest.fixture(scope="module")
+def turned(avatar):
+    # The same avatar with its head turned and moved at rest, so that composing poses in the wrong order
+    # (or forgetting the rest pose) shows.
+    from dataclasses import replace
+
+    return replace(
+        avatar,
+        rest_rotation=torch.tensor([[0.15, -0.3, 0.1]]),
+        rest_translation=torch.tensor([[0.5, -1.0, -62.0]]),
+    )
+
+
 def _frame(avatar, **shapes):
     expression = torch.zeros(NUM_EXPRESSIONS)
     for name, value in shapes.items():
@@ -89,8 +102,8 @@ def test_opening_the_jaw_shows_a_dark_mouth_interior_with_teeth(avatar, head):
     changed = np.abs(opened - closed).sum(-1)[inside]
     assert np.median(changed) > 0.15
     teeth = np.isin(frags.triangle, head.region_triangles("teeth").numpy())
-    if teeth.sum() > 5:
-        assert opened[teeth].mean() > opened[inside & ~teeth].mean()
+    assert teeth.sum() > 5, "the open jaw should show teeth"
+    assert opened[teeth].mean() > opened[inside & ~teeth].mean()
 
 
 def test_blinking_covers_the_eyes_with_lid_colours(avatar, head):
@@ -129,8 +142,10 @@ def test_state_round_trip_renders_the_same(avatar, head):
     assert np.array_equal(a, b)
 
 
-def test_pose_composes_like_the_face_tracker(avatar):
+def test_pose_composes_like_the_face_tracker(turned):
     from models.fitting import compose_pose
+
+    avatar = turned
 
     rotation, translation = np.array([0.1, -0.2, 0.05], np.float32), np.array([1.0, -0.5, 2.0], np.float32)
     world_r, world_t = compose_pose(
@@ -150,6 +165,33 @@ def test_pose_composes_like_the_face_tracker(avatar):
     rot, shift = avatar.rigid_transform(torch.from_numpy(rotation)[None], torch.from_numpy(translation)[None])
     rest = avatar.rest_mesh()[head_part]
     torch.testing.assert_close(rest @ rot[0].T + shift[0], got[head_part], atol=1e-3, rtol=1e-4)
+
+
+def test_cpu_frame_poses_the_head_like_compose_pose(turned):
+    from models.fitting import compose_pose
+    from models.mesh_binding import MeshBinding
+
+    avatar = turned
+
+    rotation, translation = np.array([0.1, -0.2, 0.05], np.float32), np.array([1.0, -0.5, 2.0], np.float32)
+    world_r, world_t = compose_pose(
+        avatar.rest_rotation[0].numpy(), avatar.rest_translation[0].numpy(), rotation, translation
+    )
+    head = avatar.head
+    expected_mesh = head.pose(
+        head.shape(avatar.identity, avatar.rest_expression),
+        torch.from_numpy(np.asarray(world_r, np.float32))[None],
+        torch.from_numpy(np.asarray(world_t, np.float32))[None],
+    )[0]
+    expected, _, _ = MeshBinding.pose_torch(avatar.binding, expected_mesh, head.triangles)
+    # The CPU path: numba kernels pose the mesh and the bound Gaussians.
+    frame = avatar.gaussians(
+        torch.zeros(NUM_EXPRESSIONS), torch.from_numpy(rotation), torch.from_numpy(translation)
+    )
+    face = len(avatar.binding) - avatar.num_mouth
+    on_head = (avatar.vertex_weights[head.triangles[avatar.binding.triangle[:face]]] == 1).all(-1)
+    assert on_head.float().mean() > 0.8  # the neck below blends towards the body on purpose
+    torch.testing.assert_close(frame.means[:face][on_head], expected[:face][on_head], atol=1e-3, rtol=1e-4)
 
 
 @pytest.mark.parametrize("jaw", [0.0, 0.6])
