@@ -26,6 +26,7 @@ from diffusers import (
 )
 
 from models.attention_guidance import HeadSet
+from pipelines.device import resolve_device
 from pipelines.guide import HeadGuidancePipeline
 
 SMALL = dict(  # SD3-shaped, ~1/8 of SD3-medium's width and depth: seconds per step on 2 CPU cores
@@ -80,14 +81,11 @@ def main() -> None:
     parser.add_argument(
         "--layer", type=int, default=None, help="layer for layer PAG (default: the middle one)"
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: CPU time measures work)")
     args = parser.parse_args()
 
-    device = (
-        torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    )
-    device = torch.device(device)
+    device = torch.device(resolve_device(args.device))
     torch.set_num_threads(args.threads)
     config = SD3_MEDIUM if args.full_size else SMALL
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

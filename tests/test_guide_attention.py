@@ -17,6 +17,7 @@ from models.attention_guidance import (
     reference_perturbed_attention,
 )
 from models.errors import HeadsplatError
+from pipelines.guide.tiny import tiny_flux_transformer, tiny_sd3_transformer
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -30,33 +31,12 @@ def one_thread():
 
 def tiny_sd3(num_layers: int = 3) -> SD3Transformer2DModel:
     torch.manual_seed(0)
-    return SD3Transformer2DModel(
-        sample_size=8,
-        patch_size=1,
-        in_channels=4,
-        num_layers=num_layers,
-        attention_head_dim=8,
-        num_attention_heads=4,
-        caption_projection_dim=32,
-        joint_attention_dim=32,
-        pooled_projection_dim=64,
-        out_channels=4,
-    ).eval()
+    return tiny_sd3_transformer(sample_size=8, num_layers=num_layers).eval()
 
 
 def tiny_flux() -> FluxTransformer2DModel:
     torch.manual_seed(0)
-    return FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=4,
-        num_layers=2,
-        num_single_layers=2,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        axes_dims_rope=[4, 4, 8],
-    ).eval()
+    return tiny_flux_transformer(guidance_embeds=False).eval()  # these tests call it without guidance
 
 
 def sd3_inputs(batch: int = 1):

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from pipelines.guide import (
     search_heads,
     sharpness,
 )
+from pipelines.guide.tiny import TINY_CLIP_TEXT, tiny_clip_tokenizer
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -58,15 +60,19 @@ def seed(n: int = 0) -> torch.Generator:
 # --- sampling
 
 
+def assert_zero_scale_is_stock_and_nonzero_changes_it(pipeline, heads: str, scale: float, **kw):
+    stock = pipeline.pipe(PROMPT, generator=seed(), **kw).images
+    off = pipeline(PROMPT, pag_heads=heads, pag_scale=0.0, generator=seed(), **kw).images
+    assert torch.equal(off, stock)
+    for mode in ("joint", "image"):
+        on = pipeline(PROMPT, pag_heads=heads, pag_scale=scale, pag_mode=mode, generator=seed(), **kw).images
+        assert (on - stock).abs().max() > 1e-3
+
+
 @pytest.mark.parametrize("cfg", [1.0, 5.0])
 def test_sd3_zero_scale_reproduces_the_stock_pipeline_and_nonzero_changes_it(sd3, cfg):
     kw = dict(num_inference_steps=2, guidance_scale=cfg, output_type="latent", max_sequence_length=TEXT)
-    stock = sd3.pipe(PROMPT, generator=seed(), **kw).images
-    off = sd3(PROMPT, pag_heads="1:0,2:3", pag_scale=0.0, generator=seed(), **kw).images
-    assert torch.equal(off, stock)
-    for mode in ("joint", "image"):
-        on = sd3(PROMPT, pag_heads="1:0,2:3", pag_scale=3.0, pag_mode=mode, generator=seed(), **kw).images
-        assert (on - stock).abs().max() > 1e-3
+    assert_zero_scale_is_stock_and_nonzero_changes_it(sd3, "1:0,2:3", 3.0, **kw)
 
 
 @pytest.mark.parametrize("negative", [None, "blurry"])
@@ -78,12 +84,7 @@ def test_flux_zero_scale_reproduces_the_stock_pipeline_and_nonzero_changes_it(fl
         true_cfg_scale=4.0,
         max_sequence_length=TEXT,
     )
-    stock = flux.pipe(PROMPT, generator=seed(), **kw).images
-    off = flux(PROMPT, pag_heads="0:1,3:0", pag_scale=0.0, generator=seed(), **kw).images
-    assert torch.equal(off, stock)
-    for mode in ("joint", "image"):
-        on = flux(PROMPT, pag_heads="0:1,3:0", pag_scale=8.0, pag_mode=mode, generator=seed(), **kw).images
-        assert (on - stock).abs().max() > 1e-3
+    assert_zero_scale_is_stock_and_nonzero_changes_it(flux, "0:1,3:0", 8.0, **kw)
 
 
 @pytest.mark.parametrize("layer,cfg", [(1, 5.0), (2, 1.0)])
@@ -193,9 +194,7 @@ def test_headhunter_finds_the_planted_head_and_resumes_where_it_stopped(sd3, tmp
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        search_heads(
-            sd3, config, objective, SearchState("tiny-sd3", guide.asdict(config)), save=stop_after_ten
-        )
+        search_heads(sd3, config, objective, SearchState("tiny-sd3", asdict(config)), save=stop_after_ten)
     partial = json.loads(saved.read_text())
     assert partial["heads"] == [[2, 1]] and not partial["complete"]
     calls.clear()
@@ -242,16 +241,7 @@ def test_clip_scorer_loads_local_weights_and_scores_with_logit_scale(tmp_path):
 
     torch.manual_seed(0)
     config = CLIPConfig(
-        text_config=dict(
-            hidden_size=16,
-            intermediate_size=32,
-            num_attention_heads=2,
-            num_hidden_layers=1,
-            vocab_size=80,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        ),
+        text_config=dict(TINY_CLIP_TEXT),  # reads tiny_clip_tokenizer's ids
         vision_config=dict(
             hidden_size=16,
             intermediate_size=32,
@@ -264,9 +254,7 @@ def test_clip_scorer_loads_local_weights_and_scores_with_logit_scale(tmp_path):
     )
     CLIPModel(config).save_pretrained(tmp_path)
     image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    CLIPProcessor(image_processor=image_processor, tokenizer=guide._tiny_clip_tokenizer()).save_pretrained(
-        tmp_path
-    )
+    CLIPProcessor(image_processor=image_processor, tokenizer=tiny_clip_tokenizer()).save_pretrained(tmp_path)
 
     scorer = guide.make_objective(f"clip:{tmp_path}")
     red, blue = Image.new("RGB", (40, 40), (250, 10, 10)), Image.new("RGB", (40, 40), (10, 10, 250))
