@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import app_server  # noqa: E402
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
@@ -44,18 +45,8 @@ def media(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server():
     """The app on 127.0.0.1 with a 2 MB upload limit and a 5 s speech limit; closed afterwards."""
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("HEADSPLAT_MAX_FILE_SIZE", "2mb")
-        env.setenv("HEADSPLAT_MAX_SECONDS", "5")
-        env.setenv("HEADSPLAT_CACHE", str(Path(tempfile.gettempdir()) / "headsplat-app-tests"))
-        demo = app.build_demo()
-        _, url, _ = demo.launch(
-            prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **app.launch_options()
-        )
-        try:
-            yield url
-        finally:
-            demo.close()
+    with app_server(max_file_size="2mb", max_seconds="5") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

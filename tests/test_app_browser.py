@@ -3,7 +3,6 @@ the video play and the downloads appear. Skips without Chromium/chromedriver (CI
 
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ pytestmark = pytest.mark.skipif(
     not (CHROMIUM and Path(CHROMEDRIVER).exists()),
     reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
 )
+from conftest import app_server  # noqa: E402
 from selenium import webdriver  # noqa: E402 (a test dependency: pyproject's [test] extra)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -27,17 +27,8 @@ from pipelines.audio_io import load_audio, save_wav  # noqa: E402
 
 @pytest.fixture(scope="module")
 def server():
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("HEADSPLAT_TALK_SIZE", "128")
-        env.setenv("HEADSPLAT_CACHE", str(Path(tempfile.gettempdir()) / "headsplat-app-tests"))
-        demo = app.build_demo()
-        _, url, _ = demo.launch(
-            prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **app.launch_options()
-        )
-        try:
-            yield url
-        finally:
-            demo.close()
+    with app_server(talk_size="128") as url:
+        yield url
 
 
 @pytest.fixture

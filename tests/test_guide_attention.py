@@ -19,14 +19,7 @@ from models.attention_guidance import (
 from models.errors import HeadsplatError
 from pipelines.guide.tiny import tiny_flux_transformer, tiny_sd3_transformer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, and two threads on a busy 2-core machine stall each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_sd3(num_layers: int = 3) -> SD3Transformer2DModel:

@@ -28,14 +28,7 @@ from pipelines.guide import (
 )
 from pipelines.guide.tiny import TINY_CLIP_TEXT, tiny_clip_tokenizer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, and two threads on a busy 2-core machine stall each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 PROMPT = "a photo of a cat"
