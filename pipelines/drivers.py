@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -95,6 +96,10 @@ def check_text(text: str, max_chars: int = MAX_TEXT_CHARS) -> str:
         )
     if "\0" in text:
         raise HeadsplatError("the text contains a NUL character; give plain text")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: bytes that were not UTF-8 on the command line
+        raise HeadsplatError("the text is not valid UTF-8; give plain text") from None
     return text
 
 
@@ -110,7 +115,7 @@ def check_drivers(
     if len(given) > 1 and set(given) != {"motion", "audio"}:
         both = "both " if len(given) == 2 else ""
         raise HeadsplatError(f"give one driver, not {both}{', '.join(given[:-1])} and {given[-1]}")
-    if text:
+    if text is not None:  # an explicit empty text is a mistake, not "no driver"
         check_text(text, max_text_chars)
 
 
@@ -122,6 +127,7 @@ def speak(text: str, out_wav: Path) -> Path:
     The text goes to the synthesiser in a file, never on its command line, so text that starts with "-"
     ("-5 degrees", or a hostile "-f/etc/passwd") is spoken as written and never read as an option.
     """
+    import os
     import shutil
     import subprocess
 
@@ -137,7 +143,12 @@ def speak(text: str, out_wav: Path) -> Path:
             "--text needs a speech synthesiser: install espeak-ng or flite (e.g. apt-get install espeak-ng), "
             "or pass --audio"
         )
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
+    # espeak-ng writes a wav but still opens a PulseAudio client, which leaves runtime files in $HOME and
+    # $TMPDIR; a server address that cannot exist keeps it from touching anything.
+    env = {**os.environ, "PULSE_SERVER": "/nonexistent/headsplat-no-sound-server"}
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL, env=env
+    )
     if result.returncode != 0 or not out_wav.exists() or out_wav.stat().st_size < 100:
         lines = (result.stderr or "no output").strip().splitlines() or ["no output"]
         raise HeadsplatError(f"speech synthesis failed: {lines[-1]}")
@@ -149,7 +160,12 @@ def speech_motion(samples: np.ndarray, cfg: GeneratorConfig, transcript: str | N
     when steps is 0)."""
     generator = AudioToMotion.from_pretrained() if cfg.steps > 0 else AudioToMotion(None)
     controls = GenerationControls.from_controls(cfg)
-    return generator.generate(samples, fps=cfg.fps, transcript=transcript, controls=controls)
+    if transcript and cfg.steps == 0:  # only the teacher aligns phones to a transcript
+        try:
+            return generator.generate(samples, fps=cfg.fps, transcript=transcript, controls=controls)
+        except HeadsplatError as err:  # words outside the dictionary (names, "f/etc"): recognise instead
+            warnings.warn(f"{err}; the phones are recognised from the speech instead", stacklevel=2)
+    return generator.generate(samples, fps=cfg.fps, controls=controls)
 
 
 def driving_motion(path: str, fps: float, progress: bool = False) -> tuple[Motion, bool]:

@@ -315,3 +315,34 @@ def test_warnings_in_a_command_are_one_line_each(capsys):
 
     assert run_cli(body) == 0
     assert capsys.readouterr().err == "warning: the phone pass failed\n"
+
+
+@pytest.mark.skipif(ESPEAK is None and FLITE is None, reason="needs espeak-ng or flite")
+def test_speaking_text_writes_nothing_outside_its_work_folder(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("TMPDIR", str(home))
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    work = tmp_path / "work"
+    work.mkdir()
+    speak("hello there", work / "speech.wav")
+    assert list(home.rglob("*")) == []  # no sound-server runtime files
+
+
+def test_explicit_empty_or_undecodable_text_is_refused(tmp_path, capsys):
+    for text in ("", "caf\udce9"):
+        code = talk.main(["--text", text, "-o", str(tmp_path / "x.mp4"), "--quiet"])
+        assert code == 2 and capsys.readouterr().err.startswith("error:")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(ESPEAK is None and FLITE is None, reason="needs espeak-ng or flite")
+def test_text_with_words_outside_the_dictionary_still_talks(tmp_path):
+    from pipelines.drivers import GeneratorConfig, speech_motion
+
+    text = "-f/etc/hostname zqxwv"
+    samples = load_audio(speak(text, tmp_path / "speech.wav"))
+    with pytest.warns(UserWarning, match="recognised from the speech"):
+        motion = speech_motion(samples, GeneratorConfig(steps=0, text=text), transcript=text)
+    assert motion.num_frames == pytest.approx(samples.size / 16000 * 25, abs=1)
