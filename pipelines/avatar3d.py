@@ -17,7 +17,8 @@ Writes into the output folder:
 - ``talk3d.mp4`` when a driver (``--audio``, ``--text``, ``--motion``, ``--driving``) is given: the 3D
   head speaking it, seen from ``--camera front`` or ``orbit``.
 
-Everything is computed before the first file is written, and each file is written atomically.
+Everything is computed before the first file is written, and the files appear together at the end: an
+interrupted or failed run leaves none of them.
 """
 
 from __future__ import annotations
@@ -174,24 +175,30 @@ def avatar3d(cfg: Avatar3DConfig) -> dict[str, Path]:
     head = HeadModel()
     avatar = load_head_avatar(cfg.avatar, head) if cfg.avatar else build_from_photo(cfg, head)
     written: dict[str, Path] = {}
-    with tempfile.TemporaryDirectory(prefix="headsplat-") as tmp:
+    # Every file is made in a hidden staging folder inside `out` and moved into place only when all of
+    # them are done: an interrupted or failed run leaves none of them (the staging folder goes too).
+    with (
+        tempfile.TemporaryDirectory(prefix="headsplat-") as tmp,
+        tempfile.TemporaryDirectory(prefix=".avatar3d-", dir=out) as staging_dir,
+    ):
+        staging = Path(staging_dir)
         motion, audio = make_motion(cfg, Path(tmp)) if cfg.has_driver else (None, None)
         if motion is not None and motion.num_frames == 0:
             raise HeadsplatError("the driver is too short to make a single frame")
         # Everything the user could get wrong has been checked: now the files.
         canonical = avatar.canonical_gaussians()
         if not cfg.avatar:
-            written["avatar"] = save_head_avatar(avatar, out / "avatar.safetensors")
+            written["avatar"] = save_head_avatar(avatar, staging / "avatar.safetensors")
         metric = to_metres(canonical)
-        write_ply(out / "head.ply", metric)
-        written["ply"] = out / "head.ply"
-        write_splat(out / "head.splat", metric)
-        written["splat"] = out / "head.splat"
+        written["ply"] = staging / "head.ply"
+        write_ply(written["ply"], metric)
+        written["splat"] = staging / "head.splat"
+        write_splat(written["splat"], metric)
         render_avatar = avatar.to(device) if device != "cpu" else avatar
         n_turn = int(round(cfg.turntable_seconds * cfg.fps))
         if n_turn:
             canonical_dev = canonical.to(device)
-            path = out / "turntable.mp4"
+            path = staging / "turntable.mp4"
             with VideoWriter(path, cfg.fps) as writer:
                 for cam in tqdm(
                     turntable_cameras(avatar, n_turn, size=cfg.size), desc="turntable", unit="frame",
@@ -200,7 +207,7 @@ def avatar3d(cfg: Avatar3DConfig) -> dict[str, Path]:
                     writer.write(render_rgb(canonical_dev, cam, cfg.background, backend))
             written["turntable"] = path
         if motion is not None:
-            path = out / "talk3d.mp4"
+            path = staging / "talk3d.mp4"
             cams = talking_cameras(avatar, cfg.camera, motion.num_frames, motion.fps, cfg.size)
             with VideoWriter(path, motion.fps, audio=audio) as writer:
                 for i in tqdm(
@@ -210,6 +217,9 @@ def avatar3d(cfg: Avatar3DConfig) -> dict[str, Path]:
                     g = render_avatar.gaussians_motion(motion, i)
                     writer.write(render_rgb(g, cams[i], cfg.background, backend))
             written["talk"] = path
+        for name, path in list(written.items()):
+            os.replace(path, out / path.name)
+            written[name] = out / path.name
     return written
 
 
@@ -228,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         written = avatar3d(cfg)
         return f"{', '.join(p.name for p in written.values())} to {Path(cfg.output)}"
 
-    interrupted = "interrupted; files already finished were kept, none is half-written"
+    interrupted = "interrupted; nothing was written"
     return run_generator(build_parser(), Avatar3DConfig, run, argv, interrupted=interrupted)
 
 

@@ -28,11 +28,15 @@ def save_avatar(avatar: PortraitAvatar | HeadAvatar, path: str | os.PathLike) ->
     tensors, meta = avatar.state()
     path = Path(path)
     with atomic_output(path) as tmp:
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-            str(tmp),
-            metadata={"headsplat": json.dumps(meta)},
-        )
+        try:
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                str(tmp),
+                metadata={"headsplat": json.dumps(meta)},
+            )
+        except SafetensorError as err:  # e.g. "No space left on device (os error 28)"
+            reason = "no space left on the device" if "os error 28" in str(err) else str(err)
+            raise HeadsplatError(f"writing {path.name} failed: {reason}") from err
     return path
 
 

@@ -143,6 +143,12 @@ def check_config(cfg: TalkConfig) -> Path:
     inputs = (cfg.image, cfg.audio, cfg.motion, cfg.driving)
     check_output(out, inputs)
     if cfg.save_motion:
+        from pipelines.motion_io import MOTION_SUFFIXES
+
+        if Path(cfg.save_motion).suffix.lower() not in MOTION_SUFFIXES:
+            raise HeadsplatError(
+                f"--save-motion must end in {', '.join(MOTION_SUFFIXES)}; got {cfg.save_motion!r}"
+            )
         check_output(cfg.save_motion, (*inputs, out), what="--save-motion file")
     return out
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+import torch
 from PIL import Image
 
 from models.errors import HeadsplatError
@@ -346,3 +347,59 @@ def test_text_with_words_outside_the_dictionary_still_talks(tmp_path):
     with pytest.warns(UserWarning, match="recognised from the speech"):
         motion = speech_motion(samples, GeneratorConfig(steps=0, text=text), transcript=text)
     assert motion.num_frames == pytest.approx(samples.size / 16000 * 25, abs=1)
+
+
+def test_a_bad_save_motion_suffix_fails_before_the_video(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(talk, "prepare_avatar", lambda *a, **k: pytest.fail("work started"))
+    code = talk.main(["-o", str(tmp_path / "x.mp4"), "--save-motion", str(tmp_path / "m.txt"), "--quiet"])
+    assert code == 2 and "--save-motion" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="needs root to mount a tmpfs")
+def test_an_avatar_on_a_full_disk_is_one_clear_error(tmp_path):
+    from pipelines.avatar_io import save_avatar
+
+    class Big:  # an avatar-like object with 1 MB of state
+        def state(self):
+            import torch
+
+            return {"x": torch.zeros(256, 1024)}, {"kind": "test"}
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)]).returncode != 0:
+        pytest.skip("mount is not permitted here")
+    try:
+        with pytest.raises(HeadsplatError, match="no space left"):
+            save_avatar(Big(), disk / "avatar.safetensors")
+        assert list(disk.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_an_interrupted_avatar3d_leaves_none_of_its_files(tmp_path, monkeypatch, capsys):
+    from pipelines import avatar3d
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(avatar3d, "render_rgb", interrupt)  # during the turntable, after the .ply/.splat
+    args = [
+        "-o",
+        str(tmp_path),
+        "--num-gaussians",
+        "5000",
+        "--size",
+        "64",
+        "--turntable-seconds",
+        "1",
+        "--quiet",
+    ]
+    threads = torch.get_num_threads()
+    try:
+        assert avatar3d.main(args) == 130
+    finally:
+        torch.set_num_threads(threads)
+    assert "nothing was written" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
