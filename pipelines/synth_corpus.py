@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -396,11 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=CorpusConfig.seed, help="random seed")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"),
                         help="accepted for a uniform CLI; corpus building runs on the CPU")  # fmt: skip
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    return run_cli(
-        lambda: _run(args),
-        interrupted=f"interrupted; the corpus in {args.out} is incomplete (no manifest): run again to rebuild it",
-    )
+    return run_cli(lambda: _run(args), interrupted="interrupted; nothing was written")
 
 
 def check_corpus_folder(out: str | Path) -> Path:
@@ -414,7 +413,37 @@ def check_corpus_folder(out: str | Path) -> Path:
         what = "--out" if existing == out else "the folder of --out"
         raise HeadsplatError(f"{what} {existing} is a file; give a folder (it is created if missing)")
     check_writable_folder(existing if str(existing) else Path("."))
+    if out.is_dir():
+        others = sorted(p.name for p in out.iterdir() if p.name not in CORPUS_ENTRIES)
+        if others:
+            raise HeadsplatError(
+                f"--out {out} holds files that are not a corpus ({', '.join(others[:3])}): give a new or "
+                "empty folder, or a corpus folder to rebuild"
+            )
     return out
+
+
+#: What a corpus folder holds; a folder with only these is a corpus that may be rebuilt in place.
+CORPUS_ENTRIES = ("clips", "manifest.jsonl", "corpus.json")
+
+
+def build_corpus_atomically(out: Path, config: CorpusConfig, progress: bool = True) -> Path:
+    """`build_corpus` into a hidden staging folder beside `out`, which then replaces `out` whole: an
+    interrupted or failed build leaves the folder as it was (no half corpus)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    old = None
+    try:
+        build_corpus(staging, config, progress)
+        if out.exists():
+            old = out.parent / f"{staging.name}.old"
+            os.replace(out, old)
+        os.replace(staging, out)
+    finally:
+        for leftover in (staging, old):
+            if leftover is not None and leftover.exists():
+                shutil.rmtree(leftover)
+    return out / "manifest.jsonl"
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -423,7 +452,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     config.check()  # before the folder is made
     out = check_corpus_folder(args.out)
-    manifest = build_corpus(out, config)
+    manifest = build_corpus_atomically(out, config, progress=not args.quiet)
     print(f"wrote {manifest}")
     return 0
 

@@ -403,3 +403,39 @@ def test_an_interrupted_avatar3d_leaves_none_of_its_files(tmp_path, monkeypatch,
         torch.set_num_threads(threads)
     assert "nothing was written" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(ESPEAK is None or FLITE is None, reason="needs espeak-ng and flite")
+def test_an_interrupted_corpus_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
+    from pipelines import synth_corpus
+    from pipelines.synth_corpus import CorpusConfig, build_corpus_atomically
+
+    config = CorpusConfig(clips=2, held_out_clips=1, noise_share=0.0, voice_shift_share=0.0)
+    out = tmp_path / "corpus"
+    build_corpus_atomically(out, config, progress=False)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    assert (out / "manifest.jsonl").exists() and len(before) == 9  # clips/, 3 wav + 3 npz, 2 json files
+
+    made = synth_corpus.make_clip
+
+    def interrupt_second(voice, rng, *args, **kwargs):
+        if interrupt_second.calls == 1:
+            raise KeyboardInterrupt
+        interrupt_second.calls += 1
+        return made(voice, rng, *args, **kwargs)
+
+    interrupt_second.calls = 0
+    monkeypatch.setattr(synth_corpus, "make_clip", interrupt_second)
+    with pytest.raises(KeyboardInterrupt):
+        build_corpus_atomically(out, CorpusConfig(clips=3, held_out_clips=1, seed=5), progress=False)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["corpus"]  # no staging folder left
+
+
+def test_a_corpus_is_not_built_over_other_files(tmp_path, capsys):
+    from pipelines.synth_corpus import main
+
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["--out", str(tmp_path), "--clips", "1", "--held-out-clips", "1", "--quiet"]) == 2
+    assert "not a corpus" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
