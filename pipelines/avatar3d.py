@@ -42,7 +42,8 @@ from pipelines.config_cli import flag, key_only
 from pipelines.device import resolve_device
 from pipelines.drivers import GeneratorConfig, generator_parser, make_motion, run_generator
 from pipelines.portrait import fit_portrait, load_portrait
-from renderers import Camera, Gaussians, rasterize, write_ply, write_splat
+from pipelines.splat_io import write_ply, write_splat
+from renderers import Camera, Gaussians, rasterize
 
 #: The .ply and .splat are written in metres; the avatar works in the head model's cm.
 CM_PER_METRE = 100.0

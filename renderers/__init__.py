@@ -8,7 +8,7 @@ from .camera import Camera, orbit_cameras
 from .compositing import FramePaster, composite_over, paste_back, paste_weight
 from .gaussians import Gaussians
 from .parallel import PARALLEL_LOCK, load_numba
-from .ply import read_ply, write_ply, write_splat
+from .ply import encode_ply, encode_splat, read_ply
 from .rasterize import RenderOutput, rasterize
 
 __all__ = [
@@ -23,7 +23,7 @@ __all__ = [
     "paste_back",
     "paste_weight",
     "rasterize",
+    "encode_ply",
+    "encode_splat",
     "read_ply",
-    "write_ply",
-    "write_splat",
 ]

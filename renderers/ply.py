@@ -1,4 +1,5 @@
-"""Gaussian files: the INRIA 3DGS .ply (read/write) and the antimatter15 .splat web format (write).
+"""Gaussian file formats: the INRIA 3DGS .ply (encode, read) and the antimatter15 .splat web format (encode).
+Files are written by `pipelines.splat_io`, through the project's one atomic writer.
 
 Own numpy reader/writer rather than `plyfile`: plyfile is GPL-3.0 (this project is Apache-2.0), and the
 3DGS layout is one fixed-size binary element that a numpy structured dtype reads in one call.
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,26 +28,10 @@ _LOGIT_LIMIT = 30.0
 _MIN_SCALE = 1e-30
 
 
-def _atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(
-        dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)  # mkstemp's file is private (0600): give it the usual 0666 minus the umask
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def encode_ply(gaussians: Gaussians) -> bytes:
+    """The bytes of an INRIA 3DGS .ply (binary little endian float32; RGB colours become SH DC).
 
-
-def write_ply(path: str | os.PathLike, gaussians: Gaussians) -> None:
-    """Write an INRIA 3DGS .ply (binary little endian float32; RGB colours become SH DC), atomically."""
+    Written to disk by `pipelines.splat_io.write_ply` (atomically, like every headsplat output)."""
     g = gaussians.to("cpu")
     n = len(g)
     sh = g.colors_as_sh(1 if g.colors.ndim == 2 else g.colors.shape[1]).double().numpy()  # [N, K, 3]
@@ -73,7 +57,7 @@ def write_ply(path: str | os.PathLike, gaussians: Gaussians) -> None:
         + [f"property float {name}\n" for name, _ in columns]
         + ["end_header\n"]
     )
-    _atomic_write(path, header.encode("ascii") + table.tobytes())
+    return header.encode("ascii") + table.tobytes()
 
 
 def read_ply(path: str | os.PathLike) -> Gaussians:
@@ -164,8 +148,8 @@ def _gaussians_from_table(table: np.ndarray, path: Path) -> Gaussians:
         raise ValueError(f"{path}: {e}") from e
 
 
-def write_splat(path: str | os.PathLike, gaussians: Gaussians) -> None:
-    """Write the 32-byte-per-splat .splat of antimatter15's web viewer (view-independent colour), atomically.
+def encode_splat(gaussians: Gaussians) -> bytes:
+    """The bytes of the 32-byte-per-splat .splat of antimatter15's web viewer (view-independent colour).
 
     Per splat: position xyz float32, scale xyz float32 (linear), RGBA uint8 (colour from SH DC, alpha =
     opacity), rotation wxyz uint8 as q * 128 + 128. Splats are ordered by size x opacity, largest first,
@@ -183,4 +167,4 @@ def write_splat(path: str | os.PathLike, gaussians: Gaussians) -> None:
     rgba = torch.cat([rgb[order], g.opacities[order, None]], dim=1)
     table["rgba"] = torch.round(rgba * 255).clamp(0, 255).to(torch.uint8).numpy()
     table["rot"] = torch.round(g.quats[order] * 128 + 128).clamp(0, 255).to(torch.uint8).numpy()
-    _atomic_write(path, table.tobytes())
+    return table.tobytes()

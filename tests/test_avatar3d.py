@@ -35,7 +35,8 @@ from pipelines.config_cli import config_from_args
 from pipelines.image_io import load_image
 from pipelines.motion_io import save_motion
 from pipelines.portrait import DEFAULT_PORTRAIT, fit_portrait
-from renderers import Gaussians, rasterize, write_ply
+from pipelines.splat_io import write_ply
+from renderers import Gaussians, rasterize
 from renderers.gaussians import SH_C0
 from renderers.mesh_raster import rasterize_mesh
 

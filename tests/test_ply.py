@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from renderers import Camera, Gaussians, rasterize, read_ply, write_ply, write_splat
+from models.errors import HeadsplatError
+from pipelines.splat_io import read_ply, write_ply, write_splat
+from renderers import Camera, Gaussians, rasterize
 from renderers.gaussians import SH_C0, SH_SIZES, rgb_to_sh_dc
 
 
@@ -144,7 +146,7 @@ def test_writes_are_atomic_and_leave_no_temporary_files(tmp_path):
     write_splat(tmp_path / "out.splat", scene(5, seed=3))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.ply", "out.splat"]
     assert len(read_ply(path)) == 5
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(HeadsplatError, match="output folder does not exist"):
         write_ply(tmp_path / "missing_dir" / "x.ply", scene(5, seed=3))
 
 
