@@ -80,6 +80,32 @@ def _arkit_to_ict_name(arkit: str) -> str | None:
 ARKIT_TO_ICT: dict[str, str | None] = {a: _arkit_to_ict_name(a) for a in ARKIT_NAMES}
 
 
+def _number_array(name: str, values) -> np.ndarray:
+    """`values` as float32, or a HeadsplatError when they are not numbers (strings, objects, ragged lists)."""
+    try:
+        return np.asarray(values, np.float32)
+    except (TypeError, ValueError) as err:
+        raise HeadsplatError(f"{name} must be numbers ({err})") from err
+
+
+def _frame_rate(value) -> float:
+    """A motion's fps as a float: one real number (a 0-d or 1-element array counts), not a string or a list."""
+    try:
+        array = np.asarray(value)
+    except ValueError:  # ragged nested lists
+        array = None
+    if array is None or array.size != 1 or array.dtype.kind not in "iuf":
+        if isinstance(value, np.ndarray):
+            shown = f"an array of shape {list(value.shape)} and type {value.dtype}"
+        else:
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise HeadsplatError(f"motion fps must be one number (frames per second), got {shown}")
+    fps = float(array.reshape(()))
+    if not (math.isfinite(fps) and fps > 0):
+        raise HeadsplatError(f"motion fps must be a positive number, got {fps}")
+    return fps
+
+
 def _check_finite(name: str, array: np.ndarray) -> None:
     if not np.all(np.isfinite(array)):
         bad = int(np.argwhere(~np.isfinite(array))[0][0])
@@ -150,9 +176,10 @@ class Motion:
     fps: float = 25.0  # frames per second
 
     def __post_init__(self) -> None:
-        self.expression = np.asarray(self.expression, np.float32)
-        self.rotation = np.asarray(self.rotation, np.float32)
-        self.translation = np.asarray(self.translation, np.float32)
+        self.expression = _number_array("motion expression", self.expression)
+        self.rotation = _number_array("motion rotation", self.rotation)
+        self.translation = _number_array("motion translation", self.translation)
+        self.fps = _frame_rate(self.fps)
         if self.expression.ndim != 2 or self.expression.shape[1] != NUM_EXPRESSIONS:
             raise HeadsplatError(
                 f"motion expression must be [T, {NUM_EXPRESSIONS}], got {list(self.expression.shape)}"
@@ -166,9 +193,6 @@ class Motion:
                 )
         for name in ("expression", "rotation", "translation"):
             _check_finite(f"motion {name}", getattr(self, name))
-        if not (math.isfinite(float(self.fps)) and float(self.fps) > 0):
-            raise HeadsplatError(f"motion fps must be a positive number, got {self.fps}")
-        self.fps = float(self.fps)
         lo, hi = float(self.expression.min(initial=0.0)), float(self.expression.max(initial=0.0))
         if lo < -1e-4 or hi > 1 + 1e-4:
             raise HeadsplatError(f"motion expression weights must lie in [0, 1], found [{lo:.3f}, {hi:.3f}]")
@@ -328,12 +352,13 @@ class Motion:
         if missing:
             raise HeadsplatError(f"motion file lacks {', '.join(missing)}")
         if "expression_names" in arrays:
-            names = tuple(str(n) for n in arrays["expression_names"])
-            if names != EXPRESSION_NAMES:
+            names = np.atleast_1d(arrays["expression_names"])
+            if tuple(str(n) for n in names) != EXPRESSION_NAMES:
                 raise HeadsplatError(
                     "motion file's expression names are not ICT-FaceKit's 53 shapes in order"
                 )
-        return cls(arrays["expression"], arrays["rotation"], arrays["translation"], float(arrays["fps"]))
+        # fps goes in as stored: the constructor refuses anything but one number.
+        return cls(arrays["expression"], arrays["rotation"], arrays["translation"], arrays["fps"])
 
     def to_dict(self) -> dict:
         """A JSON-ready dict: per-frame lists plus the expression names."""
@@ -354,7 +379,7 @@ class Motion:
                 "not a headsplat motion (expected a JSON object with format 'headsplat.motion')"
             )
         names = data.get("expression_names", list(EXPRESSION_NAMES))
-        if list(names) != list(EXPRESSION_NAMES):
+        if not isinstance(names, list) or names != list(EXPRESSION_NAMES):
             raise HeadsplatError("motion JSON's expression names are not ICT-FaceKit's 53 shapes in order")
         try:
             expression = np.asarray(data["expression"], np.float32).reshape(-1, NUM_EXPRESSIONS)
@@ -365,7 +390,8 @@ class Motion:
             raise HeadsplatError(f"motion JSON lacks {err.args[0]!r}") from err
         except (TypeError, ValueError) as err:
             raise HeadsplatError(f"motion JSON has arrays of the wrong shape: {err}") from err
-        return cls(expression, rotation, translation, float(data.get("fps", 25.0)))
+        # fps goes in as written: the constructor refuses a string, a list or a bool.
+        return cls(expression, rotation, translation, data.get("fps", 25.0))
 
     # ----------------------------------------------------------------------------------------------
     # ARKit-52 (Live Link Face) tables

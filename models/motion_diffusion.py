@@ -324,10 +324,8 @@ class GenerationControls(MotionControls):
         super().check()
         if not math.isfinite(self.guidance):
             raise HeadsplatError(f"guidance must be a number, got {self.guidance}")
-        if not (math.isfinite(self.emotion_strength) and self.emotion_strength >= 0):
-            raise HeadsplatError(
-                f"emotion_strength must be a non-negative number, got {self.emotion_strength}"
-            )
+        if not 0.0 <= self.emotion_strength <= 1.0:  # NaN fails too
+            raise HeadsplatError(f"emotion_strength must be 0-1, got {self.emotion_strength}")
 
 
 def _emotion_vector(controls: GenerationControls) -> Tensor:

@@ -109,8 +109,7 @@ class AudioToMotion:
     def _controls(controls: GenerationControls | None, changes: dict) -> GenerationControls:
         """`controls` (default: GenerationControls()) with `changes`, checked."""
         controls = dataclasses.replace(controls or GenerationControls(), **changes)
-        # The teacher (steps 0) takes the same emotion and scales as the model.
-        (controls if controls.steps != 0 else dataclasses.replace(controls, steps=1)).check()
+        check_controls(controls)
         return controls
 
     def _feature_blocks(self, audio: np.ndarray) -> Iterator[tuple[np.ndarray, bool]]:
@@ -265,6 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_controls(controls: GenerationControls) -> None:
+    """GenerationControls.check for the model and the teacher alike (steps 0 picks the teacher, which takes
+    the same emotion and scales)."""
+    (controls if controls.steps != 0 else dataclasses.replace(controls, steps=1)).check()
+
+
 def check_fps(fps: float) -> float:
     """`fps` if it is a usable motion frame rate, in [MIN_FPS, MAX_FPS]; NaN and inf are refused."""
     if not (fps >= MIN_FPS and fps <= MAX_FPS):
@@ -278,13 +283,14 @@ def _run(args: argparse.Namespace) -> int:
 
     # Every check of the flags and the output before the audio is decoded or the model loaded.
     check_fps(args.fps)
+    controls = config_from_args(GenerationControls, args)
+    check_controls(controls)
     out = check_output(args.out, [args.audio, args.weights], "motion file")
     if out.suffix.lower() not in MOTION_SUFFIXES:
         raise HeadsplatError(f"motion files end in {', '.join(MOTION_SUFFIXES)}; got {out.name!r}")
     audio = load_audio(args.audio)
     model = AudioToMotion(None) if args.steps == 0 else AudioToMotion.from_pretrained(args.weights)
     start = time.perf_counter()
-    controls = config_from_args(GenerationControls, args)
     motion = model.generate(audio, SAMPLE_RATE, fps=args.fps, transcript=args.transcript, controls=controls)
     elapsed = time.perf_counter() - start
     save_motion(motion, args.out)

@@ -74,11 +74,7 @@ def _read_motion(path: Path, csv_fps: float | None) -> Motion:
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
             raise HeadsplatError(f"cannot read motion file {path.name}: not a valid .npz ({err})") from err
     if suffix == ".json":
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise HeadsplatError(f"cannot read motion file {path.name}: invalid JSON ({err})") from err
-        return Motion.from_dict(data)
+        return Motion.from_dict(_read_json(path, "motion file"))
     if suffix == ".csv":
         try:
             text = path.read_text(encoding="utf-8-sig")
@@ -86,6 +82,16 @@ def _read_motion(path: Path, csv_fps: float | None) -> Motion:
             raise HeadsplatError(f"cannot read motion file {path.name}: not a text CSV") from err
         return motion_from_arkit_csv(text, fps=csv_fps, source=path.name)
     raise HeadsplatError(f"motion files end in {', '.join(MOTION_SUFFIXES)}; got {path.name!r}")
+
+
+def _read_json(path: Path, what: str):
+    """The parsed JSON of `path`; a HeadsplatError for anything that is not readable JSON text."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise HeadsplatError(f"cannot read {what} {path.name}: invalid JSON ({err})") from err
+    except RecursionError as err:  # json's C parser recurses once per nesting level
+        raise HeadsplatError(f"cannot read {what} {path.name}: its JSON is nested too deeply") from err
 
 
 def motion_to_arkit_csv(motion: Motion, include_translation: bool = True) -> str:
@@ -126,10 +132,22 @@ def motion_from_arkit_csv(text: str, fps: float | None = None, source: str = "CS
             raise HeadsplatError(f"{source} line {line}: not a number ({err})") from err
     times, rate = timecodes_to_seconds(timecodes, fps)
     table = np.asarray(values, np.float64)
+    # Before the rows are put on a grid: a take of hours would be millions of interpolated frames.
+    if times[-1] > MAX_MOTION_SECONDS:
+        raise HeadsplatError(
+            f"{source} spans {times[-1] / 3600:.1f} h from its first to its last timecode; the limit is "
+            f"{MAX_MOTION_SECONDS / 60:.0f} min: cut the take, or fix timecodes that jump"
+        )
     # The rows' own spacing is the motion's frame rate (a 25 fps take written with 60 fps timecodes
     # is still 25 fps); snap it to a standard rate when it is one.
     steps = np.diff(times)
     motion_fps = 1.0 / float(np.median(steps)) if len(steps) else rate
+    lo, hi = MOTION_FPS_RANGE
+    if not lo <= motion_fps <= hi:
+        raise HeadsplatError(
+            f"{source}'s rows are {float(np.median(steps)):.3g} s apart ({motion_fps:.3g} fps); a motion's "
+            f"rate must be {lo:g}-{hi:g} fps: fix the timecodes"
+        )
     near = [r for r in STANDARD_RATES if abs(r - motion_fps) < 1e-3 * r]
     motion_fps = near[0] if near else round(motion_fps, 3)
     uniform = np.allclose(times, np.arange(len(times)) / motion_fps, atol=0.25 / motion_fps)
@@ -150,7 +168,4 @@ def save_identity(identity: Identity, path: str | os.PathLike) -> Path:
 
 def load_identity(path: str | os.PathLike) -> Identity:
     path = require_file(path, "identity file")
-    try:
-        return Identity.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise HeadsplatError(f"cannot read identity file {path.name}: invalid JSON ({err})") from err
+    return Identity.from_dict(_read_json(path, "identity file"))

@@ -44,6 +44,10 @@ IBUG68_EDGES = np.array(
 REGIONS_FILE = Path(__file__).resolve().parents[1] / "weights" / "mediapipe" / "face_mesh_regions.json"
 
 
+#: The most ICT identity modes (of its 100) the tracker fits.
+MAX_IDENTITY_MODES = 50
+
+
 @dataclass
 class TrackConfig:
     """Settings of face tracking, shared by the CLI and the app."""
@@ -58,7 +62,7 @@ class TrackConfig:
     detector: str = "auto"
     """BlazeFace model: 'short' (faces within ~2 m), 'full' (small/far faces), 'auto' (both, merged)."""
     num_identity: int = 40
-    """ICT identity modes to fit (≤ 50)."""
+    """ICT identity modes to fit (at most MAX_IDENTITY_MODES)."""
     identity_frames: int = 8
     """Video frames (spread over the clip) that share one identity fit."""
     smoothing: bool = True
@@ -75,6 +79,21 @@ class TrackConfig:
     """Locate the irises and fit gaze (eyeLook* shapes); MediaPipe backend only."""
     max_frames: int = 0
     """Stop after this many video frames (0: the whole video)."""
+
+    def check(self) -> None:
+        """A HeadsplatError naming the first count no tracking run can use (each is a flag of the CLI)."""
+        ranges = {
+            "face_index": (0, None),
+            "num_identity": (0, MAX_IDENTITY_MODES),
+            "identity_frames": (1, None),
+            "threads": (1, None),
+            "max_frames": (0, None),  # 0: the whole video
+        }
+        for name, (low, high) in ranges.items():
+            value = getattr(self, name)
+            if value < low or (high is not None and value > high):
+                allowed = f"at least {low}" if high is None else f"{low} to {high}"
+                raise HeadsplatError(f"--{name.replace('_', '-')} must be {allowed}, got {value}")
 
 
 @dataclass
@@ -373,14 +392,20 @@ def build_parser() -> argparse.ArgumentParser:
         "FAN (its package and weights must already be on disk; nothing is downloaded)",
     )
     p.add_argument(
-        "--num-identity", type=int, default=40, help="ICT identity modes to fit, up to 50 (default 40)"
+        "--num-identity",
+        type=int,
+        default=40,
+        help=f"ICT identity modes to fit, up to {MAX_IDENTITY_MODES} (default 40)",
     )
     p.add_argument(
         "--identity-frames", type=int, default=8, help="video frames sharing the identity fit (default 8)"
     )
     p.add_argument("--no-smoothing", action="store_true", help="do not smooth the landmark track")
     p.add_argument(
-        "--max-frames", type=int, default=0, help="only track the first N video frames (default: all)"
+        "--max-frames",
+        type=int,
+        default=0,
+        help="only track the first N video frames (default 0: all of them)",
     )
     p.add_argument("--threads", type=int, default=2, help="CPU threads for the landmark models (default 2)")
     p.add_argument(
@@ -405,10 +430,6 @@ def _check_outputs(args) -> None:
         raise HeadsplatError(f"-o must end in {', '.join(MOTION_SUFFIXES)}; got {args.output!r}")
     if args.identity and Path(args.identity).suffix.lower() != ".json":
         raise HeadsplatError(f"--identity must be a .json file; got {args.identity!r}")
-    if args.face_index < 0:
-        raise HeadsplatError("--face-index must be 0 or more")
-    if not 0 <= args.num_identity <= 50:
-        raise HeadsplatError("--num-identity must be between 0 and 50")
     from pipelines.cli import check_output
 
     outputs = [(args.output, "-o file"), (args.identity, "--identity file"), (args.overlay, "--overlay file")]
@@ -420,24 +441,24 @@ def _check_outputs(args) -> None:
 
 
 def run(args) -> TrackResult:
-    _check_outputs(args)
-    device = args.device
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     config = TrackConfig(
         face_index=args.face_index,
         backend=args.backend,
-        device=device,
+        device=args.device,
         detector=args.detector,
         num_identity=args.num_identity,
-        identity_frames=max(1, args.identity_frames),
+        identity_frames=args.identity_frames,
         smoothing=not args.no_smoothing,
-        threads=max(1, args.threads),
+        threads=args.threads,
         iris=not args.no_iris,
-        max_frames=max(0, args.max_frames),
+        max_frames=args.max_frames,
     )
+    config.check()
+    _check_outputs(args)
+    if config.device == "auto":
+        import torch
+
+        config.device = "cuda" if torch.cuda.is_available() else "cpu"
     progress = None
     if not args.quiet:
         from tqdm import tqdm

@@ -319,28 +319,29 @@ def train(clips: Sequence[Clip], config: TrainConfig, eval_clips: Sequence[Clip]
 
     start = time.perf_counter()
     losses = []
-    bar = tqdm(total=config.steps, initial=step, desc="training", disable=not progress)
     net.train()
-    while step < config.steps and (time.perf_counter() - start) < config.minutes * 60:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, time.perf_counter() - start)
-        loss = diffusion_loss(net, sample_batch(clips, config, rng), config, generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        optimizer.step()
-        with torch.no_grad():
-            decay = min(config.ema, (1 + step) / (10 + step))
-            for e, p in zip(ema.parameters(), net.parameters()):
-                e.lerp_(p, 1 - decay)
-        losses.append(loss.item())
-        step += 1
-        bar.update(1)
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-        if checkpoint is not None and step % 500 == 0:
-            save_checkpoint(checkpoint, net, ema, optimizer, step, config)
-    bar.close()
+    # Closed on the way out, Ctrl-C included: the CLI's "interrupted; ..." line then starts a line of its
+    # own instead of trailing the half-drawn bar, and no bar is redrawn after it.
+    with tqdm(total=config.steps, initial=step, desc="training", disable=not progress) as bar:
+        while step < config.steps and (time.perf_counter() - start) < config.minutes * 60:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, time.perf_counter() - start)
+            loss = diffusion_loss(net, sample_batch(clips, config, rng), config, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            optimizer.step()
+            with torch.no_grad():
+                decay = min(config.ema, (1 + step) / (10 + step))
+                for e, p in zip(ema.parameters(), net.parameters()):
+                    e.lerp_(p, 1 - decay)
+            losses.append(loss.item())
+            step += 1
+            bar.update(1)
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+            if checkpoint is not None and step % 500 == 0:
+                save_checkpoint(checkpoint, net, ema, optimizer, step, config)
     elapsed = time.perf_counter() - start
     if checkpoint is not None:
         save_checkpoint(checkpoint, net, ema, optimizer, step, config)

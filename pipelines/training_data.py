@@ -15,7 +15,7 @@ import numpy as np
 from models.audio import Phone, speech_features
 from models.errors import HeadsplatError
 from models.latent import Motion
-from models.motion_diffusion import motion_to_array
+from models.motion_diffusion import GenerationControls, motion_to_array
 from models.visemes import EMOTIONS, teacher_motion
 from pipelines.audio_io import AUDIO_SUFFIXES, VIDEO_SUFFIXES, load_audio
 from pipelines.files import require_file
@@ -37,10 +37,11 @@ class Clip:
 # --------------------------------------------------------------------------------------------------
 # Data
 def _emotion_vector(emotion: str, strength: float) -> np.ndarray:
-    if emotion not in EMOTIONS:  # as generation refuses it: an unknown label is a corpus error
-        raise HeadsplatError(
-            f"unknown emotion {emotion!r} in the training data; use one of {', '.join(EMOTIONS)}"
-        )
+    # What generation refuses is a corpus error: found here, not in the evaluation after training.
+    try:
+        GenerationControls(emotion=emotion, emotion_strength=strength).check()
+    except HeadsplatError as err:
+        raise HeadsplatError(f"in the training data: {err}") from err
     vec = np.zeros(len(EMOTIONS), np.float32)
     if emotion == "neutral":
         vec[0] = 1.0
@@ -74,42 +75,85 @@ def corpus_clips(
 
     manifest = require_file(root / "manifest.jsonl", "corpus manifest")
     train, held = [], []
-    lines = [line for line in manifest.read_text().splitlines() if line.strip()]
-    for line in tqdm(lines, desc="reading corpus", disable=not progress):
-        entry = json.loads(line)
-        audio = load_audio(root / entry["audio"])
-        controls = entry.get("controls", {})
-        phones = [Phone(label, start, end) for label, start, end in entry.get("phones", [])]
-        if relabel:
-            feats = speech_features(audio, fps=fps)
-            motion = teacher_motion(
-                phones, feats.num_frames, fps, feats.energy_db, feats.f0_hz, None, seed=controls.get("seed", 0),
-                emotion=controls.get("emotion", "neutral"), emotion_strength=controls.get("emotion_strength", 0.0),
-                blink_rate=controls.get("blink_rate", 1.0),
-            )  # fmt: skip
-        else:
-            motion = load_motion(root / entry["motion"])
-        clip = make_clip(
-            audio, motion, entry["id"], fps, controls.get("emotion", "neutral"),
-            controls.get("emotion_strength", 0.0), controls.get("blink_rate", 1.0), phones,
-        )  # fmt: skip
-        (held if entry.get("split") == "held_out" else train).append(clip)
+    # The bar is closed on the way out, Ctrl-C included: no half-drawn bar trails the CLI's last line.
+    with tqdm(read_jsonl(manifest), desc="reading corpus", disable=not progress) as entries:
+        for line, entry in entries:
+            missing = [key for key in ("id", "audio", "motion")[: 2 if relabel else 3] if key not in entry]
+            if missing:
+                raise HeadsplatError(f"{manifest} line {line} lacks {', '.join(map(repr, missing))}")
+            clip = _corpus_clip(root, entry, fps, relabel)
+            (held if entry.get("split") == "held_out" else train).append(clip)
     return train, held
+
+
+def _corpus_clip(root: Path, entry: dict, fps: float, relabel: bool) -> Clip:
+    """The clip of one corpus manifest entry: its audio with its stored or recomputed motion."""
+    audio = load_audio(root / entry["audio"])
+    controls = entry.get("controls", {})
+    phones = [Phone(label, start, end) for label, start, end in entry.get("phones", [])]
+    if relabel:
+        feats = speech_features(audio, fps=fps)
+        motion = teacher_motion(
+            phones, feats.num_frames, fps, feats.energy_db, feats.f0_hz, None, seed=controls.get("seed", 0),
+            emotion=controls.get("emotion", "neutral"), emotion_strength=controls.get("emotion_strength", 0.0),
+            blink_rate=controls.get("blink_rate", 1.0),
+        )  # fmt: skip
+    else:
+        motion = load_motion(root / entry["motion"])
+    return make_clip(
+        audio, motion, entry["id"], fps, controls.get("emotion", "neutral"),
+        controls.get("emotion_strength", 0.0), controls.get("blink_rate", 1.0), phones,
+    )  # fmt: skip
+
+
+def read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSON Lines manifest; a HeadsplatError naming the
+    file and line for text that is not UTF-8, a line that is not JSON, or a line that is not an object."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise HeadsplatError(f"{path} is not a text file (JSON Lines are UTF-8 text)") from err
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise HeadsplatError(
+                f"{path} line {number}: invalid JSON ({err.msg} at column {err.colno}); "
+                f"write one JSON object per line"
+            ) from err
+        except RecursionError as err:  # json's C parser recurses once per nesting level
+            raise HeadsplatError(f"{path} line {number}: JSON nested too deeply") from err
+        if not isinstance(row, dict):
+            raise HeadsplatError(f"{path} line {number}: expected a JSON object, got a {type(row).__name__}")
+        rows.append((number, row))
+    return rows
 
 
 def _manifest_pairs(path: Path) -> list[tuple[Path, Path]]:
     root = path.parent
     if path.suffix.lower() == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = read_jsonl(path)
     elif path.suffix.lower() == ".csv":
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
+        try:
+            with open(path, newline="", encoding="utf-8") as fh:
+                reader = csv.DictReader(fh)
+                rows = [(reader.line_num, row) for row in reader]
+        except (UnicodeDecodeError, csv.Error) as err:
+            raise HeadsplatError(f"{path} is not a readable CSV manifest ({err})") from err
     else:
         raise HeadsplatError(f"manifest {path.name} must be .jsonl or .csv with 'audio' and 'motion' columns")
-    try:
-        return [(root / r["audio"], root / r["motion"]) for r in rows]
-    except KeyError as err:
-        raise HeadsplatError(f"manifest {path.name} lacks the {err.args[0]!r} column") from err
+    pairs = []
+    for line, row in rows:
+        audio, motion = row.get("audio"), row.get("motion")
+        if not (isinstance(audio, str) and audio and isinstance(motion, str) and motion):
+            raise HeadsplatError(
+                f"{path} line {line}: give the 'audio' and 'motion' file names (relative to the manifest)"
+            )
+        pairs.append((root / audio, root / motion))
+    return pairs
 
 
 def pair_files(path: Path) -> list[tuple[Path, Path]]:

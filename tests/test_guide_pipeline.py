@@ -132,13 +132,20 @@ def test_guidance_range_guides_only_the_chosen_steps(sd3):
     assert (steps["late"][1] - steps["stock"][1]).abs().max() > 1e-5
 
 
-def test_bad_guidance_settings_are_user_errors(sd3):
+def test_bad_guidance_settings_are_user_errors(sd3, flux):
     with pytest.raises(HeadsplatError, match="layer 7 is out of range"):
         sd3(PROMPT, pag_heads="7:0", num_inference_steps=1)
-    with pytest.raises(HeadsplatError, match="outside"):
+    with pytest.raises(HeadsplatError, match=r"--soft .* must be in \[0, 1\]"):
         sd3(PROMPT, pag_heads="1:0", pag_strength=2.0, num_inference_steps=1)
-    with pytest.raises(HeadsplatError, match="guidance range"):
+    with pytest.raises(HeadsplatError, match="--guidance-range"):
         sd3(PROMPT, pag_heads="1:0", pag_range=(0.8, 0.2), num_inference_steps=1)
+    with pytest.raises(HeadsplatError, match="--steps must be 1-1000, got 0"):  # not the family default
+        sd3(PROMPT, num_inference_steps=0)
+    with pytest.raises(HeadsplatError, match="--scale must be a finite number"):
+        sd3(PROMPT, pag_heads="1:0", pag_scale=float("nan"), num_inference_steps=1)
+    # The loaded model's own factor: tiny FLUX packs its 1x-VAE latents in 2x2 patches.
+    with pytest.raises(HeadsplatError, match="--height must be a positive multiple of 2 pixels"):
+        flux(PROMPT, height=7, num_inference_steps=1)
     with pytest.raises(HeadsplatError, match="StableDiffusion3Pipeline or FluxPipeline"):
         HeadGuidancePipeline(object())
 
@@ -263,7 +270,7 @@ def test_clip_scorer_loads_local_weights_and_scores_with_logit_scale(tmp_path):
     assert scorer(blue, "a red square") != pytest.approx(score, rel=1e-4)
     with_processor = guide.make_objective(f"clip:{tmp_path},{tmp_path}")  # PickScore-style MODEL,PROCESSOR
     assert with_processor(red, "a red square") == pytest.approx(score, rel=1e-6)
-    with pytest.raises(HeadsplatError, match="could not load CLIP scorer"):
+    with pytest.raises(HeadsplatError, match="CLIP scorer .*missing: no such folder"):
         guide.make_objective(f"clip:{tmp_path / 'missing'}")
 
 

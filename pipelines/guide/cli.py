@@ -70,9 +70,13 @@ def _search_parser() -> argparse.ArgumentParser:
 
 def _read_prompts(path: str) -> list[str]:
     try:
-        lines = Path(path).read_text().splitlines()
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as err:
         raise HeadsplatError(f"cannot read prompts file {path}: {err.strerror}") from err
+    except UnicodeDecodeError as err:
+        raise HeadsplatError(
+            f"prompts file {path} is not UTF-8 text (byte {err.start} is not): write one prompt per line"
+        ) from err
     prompts = [line.strip() for line in lines if line.strip()]
     if not prompts:
         raise HeadsplatError(f"prompts file {path} has no prompts: write one prompt per line")
@@ -90,6 +94,7 @@ def run_search(args: argparse.Namespace) -> SearchState:
     """The 'search' subcommand, from its parsed flags."""
     files = config_from_args(SearchFiles, args)
     config = config_from_args(SearchConfig, args, prompts=_read_prompts(files.prompts_file))
+    config.check()
     if files.resume and Path(files.output).exists():
         state = load_search(files.output, args.model, config)
     else:
@@ -99,8 +104,6 @@ def run_search(args: argparse.Namespace) -> SearchState:
                 f"or choose another -o"
             )
         state = SearchState(model=args.model, config=asdict(config))
-    if config.batch_size < 1:
-        raise HeadsplatError(f"--batch-size must be at least 1, got {config.batch_size}")
     objective = make_objective(config.objective, device=resolve_device(args.device))
     pipeline = load_pipeline(args.model, args.device, args.dtype, args.drop_t5)
     return search_heads(pipeline, config, objective, state, save=lambda s: save_search(s, files.output))
@@ -121,6 +124,7 @@ def _quiet_libraries() -> None:
 
 def _generate_main(args: argparse.Namespace) -> int:
     config = config_from_args(GuideConfig, args)
+    config.check()
     # The output before the model loads: a folder that is missing, a name with no image format, a
     # heads file written over, all fail in a second rather than after sampling.
     check_output(config.output, [config.heads if Path(config.heads).is_file() else None], "output image")

@@ -82,6 +82,11 @@ class Family:
     def __init__(self, pipe):
         self.pipe = pipe
 
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this many pixels: the VAE's downsampling times the latent patch."""
+        raise NotImplementedError
+
     def check_inputs(self, request: Request) -> None:
         """The stock pipeline's input checks, their first line as a user error."""
         try:
@@ -119,6 +124,11 @@ class SD3(Family):
     defaults = {"pag_scale": 3.0, "num_inference_steps": 20, "guidance_scale": 7.0}
     text_tokens = 256
     batches_uncond = True
+
+    @property
+    def size_multiple(self) -> int:
+        # As StableDiffusion3Pipeline.check_inputs: 8 x 2 = 16 for every released SD3.
+        return self.pipe.vae_scale_factor * self.pipe.transformer.config.patch_size
 
     def _stock_check_inputs(self, prompt, height, width, **kwargs):
         self.pipe.check_inputs(prompt, None, None, height, width, **kwargs)  # no prompt_2, prompt_3
@@ -190,6 +200,12 @@ class Flux(Family):
     defaults = {"pag_scale": 8.0, "num_inference_steps": 15, "guidance_scale": 3.5}
     text_tokens = 512
     batches_uncond = False
+
+    @property
+    def size_multiple(self) -> int:
+        # Latents are packed in 2x2 patches (FluxPipeline._pack_latents): 8 x 2 = 16 for every released FLUX.
+        # The stock pipeline only warns and rounds the size down; here it is refused like SD3's.
+        return self.pipe.vae_scale_factor * 2
 
     def _stock_check_inputs(self, prompt, height, width, **kwargs):
         self.pipe.check_inputs(prompt, None, height, width, **kwargs)  # no prompt_2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -23,11 +24,34 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def local_weights(name: str, what: str = "model") -> str:
+    """The folder holding the weights `name` names: a local folder as given, or a Hugging Face id's snapshot
+    in the local cache (HF_HUB_CACHE / HF_HOME honoured). Weights are never downloaded at run time, so an id
+    that is not cached fails at once, without the Hub client's retries over the network."""
+    if Path(name).is_dir():
+        return name
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(name, local_files_only=True)
+    except HFValidationError as err:
+        raise HeadsplatError(
+            f"{what} {name}: no such folder, and not a Hugging Face id (owner/name)"
+        ) from err
+    except LocalEntryNotFoundError as err:
+        raise HeadsplatError(
+            f"{what} {name} is not in the local Hugging Face cache (nor a local folder): download it first "
+            f"with `hf download {name}` (gated models need their licence accepted on the Hub first)"
+        ) from err
+
+
 def _load_diffusers(model: str, device: torch.device, dtype: str, drop_t5: bool):
     from diffusers import DiffusionPipeline
 
+    folder = local_weights(model)
     try:
-        index = DiffusionPipeline.load_config(model)
+        index = DiffusionPipeline.load_config(folder)
         # Components saved as absent ([null, null], e.g. SD3 without T5) must be passed as None.
         absent = {name: None for name, entry in index.items() if entry == [None, None]}
         if drop_t5 and "text_encoder_3" in index:
@@ -36,14 +60,16 @@ def _load_diffusers(model: str, device: torch.device, dtype: str, drop_t5: bool)
             # diffusers >= 0.36 renames torch_dtype to dtype; the old name works on every version.
             warnings.simplefilter("ignore", FutureWarning)
             return DiffusionPipeline.from_pretrained(
-                model, torch_dtype=resolve_dtype(dtype, device), **absent
+                folder, torch_dtype=resolve_dtype(dtype, device), **absent
             )
     except OSError as err:
-        raise HeadsplatError(
-            f"could not load diffusers model {model!r}: it is neither a local diffusers folder nor in "
-            f"the Hugging Face cache; download it first (huggingface-cli download {model}; gated "
-            f"models need their licence accepted)"
-        ) from err
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        fix = (
+            "a diffusers folder holds model_index.json and a folder per component"
+            if folder == model
+            else f"the cached copy is incomplete: download it again with `hf download {model}`"
+        )
+        raise HeadsplatError(f"could not load diffusers model {model!r}: {reason} ({fix})") from err
     except ValueError as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else "ValueError"
         raise HeadsplatError(f"could not load diffusers model {model!r}: {reason}") from err

@@ -18,6 +18,7 @@ from PIL import Image
 
 from models.errors import HeadsplatError
 from pipelines.guide.image_files import read_image
+from pipelines.guide.loading import local_weights
 
 Objective = Callable[[Image.Image, str], float]
 
@@ -60,18 +61,22 @@ class ClipScore:
     """CLIP-family text-image score logit_scale.exp() * cos(image, text): CLIPScore x 100 for OpenAI
     CLIP, and exactly PickScore's formula with PickScore_v1 weights (its processor is
     laion/CLIP-ViT-H-14-laion2B-s32B-b79K).
-    Weights come from a local folder or the Hugging Face cache (HF_HUB_OFFLINE is honoured)."""
+    Weights come from a local folder or the Hugging Face cache; nothing is downloaded."""
 
     def __init__(self, model: str, processor: str | None = None, device: str = "cpu"):
         from transformers import AutoProcessor, CLIPModel
 
+        # Both before either loads: a missing processor fails as fast as a missing model.
+        model_folder = local_weights(model, "CLIP scorer")
+        processor_folder = local_weights(processor, "CLIP processor") if processor else model_folder
         try:
-            self.model = CLIPModel.from_pretrained(model).to(device).eval()
-            self.processor = AutoProcessor.from_pretrained(processor or model)
+            self.model = CLIPModel.from_pretrained(model_folder).to(device).eval()
+            self.processor = AutoProcessor.from_pretrained(processor_folder)
         except (OSError, ValueError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise HeadsplatError(
-                f"could not load CLIP scorer {model!r}: give a local folder or a model in the Hugging Face "
-                f"cache (huggingface-cli download {model})"
+                f"could not load CLIP scorer {model!r}: {reason} (give a folder or Hub id of CLIP weights "
+                f"with their processor)"
             ) from err
         self.device = device
 

@@ -8,6 +8,7 @@ perturbed] (or [cond, perturbed]) and combines e = e_u + s (e_c - e_u) + w (e_c 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,49 @@ from pipelines.guide.families import SD3, Flux, Plan, Request, TextConditioning,
 
 # Paper settings (arXiv 2506.10978): w = 3 with 20 steps on SD3-medium, w = 8 with 15 steps on FLUX.1-dev.
 FAMILY_DEFAULTS = {family.name: family.defaults for family in (SD3, Flux)}
+MAX_STEPS = 1000
+"""The most denoising steps a call takes: a bound that turns a typo (20000) into an error, not hours of
+sampling; the paper samples 15-20."""
+SIZE_MULTIPLE = 16
+"""Image sides a GuideConfig or SearchConfig may ask for are multiples of 16 pixels, what every released SD3
+and FLUX needs (an 8x VAE, 2x2 latent patches); checked before a model loads. The tiny models are held to it
+too, so that settings tried on them work on the real ones. The sampler checks the loaded model's own factor."""
+
+
+def check_settings(
+    *,
+    scale: float | None,
+    strength: float,
+    mode: str,
+    guidance_range: tuple[float, float],
+    steps: int | None,
+    cfg: float | None,
+    true_cfg: float,
+    height: int | None,
+    width: int | None,
+    size_multiple: int,
+) -> None:
+    """A HeadsplatError for the first sampling setting no model can use, named by its flag; None is the
+    family default. Image sides must be positive multiples of `size_multiple` pixels."""
+    for name, value in (("--scale", scale), ("--cfg", cfg), ("--true-cfg", true_cfg)):
+        if value is not None and not math.isfinite(value):
+            raise HeadsplatError(f"{name} must be a finite number, got {value}")
+    if not 0.0 <= strength <= 1.0:  # NaN fails too
+        raise HeadsplatError(f"--soft (SoftPAG strength) must be in [0, 1], got {strength}")
+    if mode not in MODES:
+        raise HeadsplatError(f"unknown --mode {mode!r}: use one of {', '.join(MODES)}")
+    start, end = guidance_range
+    if not 0.0 <= start <= end <= 1.0:
+        raise HeadsplatError(f"--guidance-range {start},{end} must satisfy 0 <= start <= end <= 1")
+    if steps is not None and not 1 <= steps <= MAX_STEPS:
+        raise HeadsplatError(f"--steps must be 1-{MAX_STEPS}, got {steps}")
+    for name, side in (("--height", height), ("--width", width)):
+        if side is not None and (side < 1 or side % size_multiple):
+            nearest = max(size_multiple, round(side / size_multiple) * size_multiple)
+            raise HeadsplatError(
+                f"{name} must be a positive multiple of {size_multiple} pixels (the VAE's downsampling times "
+                f"the latent patch), got {side}: try {nearest}"
+            )
 
 
 @dataclass
@@ -111,22 +155,30 @@ class HeadGuidancePipeline:
         Precomputed text embeddings (diffusers' names) may replace the prompts.
         """
         defaults = self.parts.defaults
+        pipe = self.pipe
+        # None is the family default; 0 (steps, sizes) is an error, not the default.
         pag_scale = defaults["pag_scale"] if pag_scale is None else float(pag_scale)
-        num_inference_steps = num_inference_steps or defaults["num_inference_steps"]
+        if num_inference_steps is None:
+            num_inference_steps = defaults["num_inference_steps"]
         guidance_scale = defaults["guidance_scale"] if guidance_scale is None else float(guidance_scale)
+        default_side = pipe.default_sample_size * pipe.vae_scale_factor
+        height = default_side if height is None else height
+        width = default_side if width is None else width
         heads = HeadSet.parse(pag_heads) if isinstance(pag_heads, str) else (pag_heads or HeadSet())
         heads.resolve(self.layout)  # validate before any work
-        if pag_mode not in MODES:
-            raise HeadsplatError(f"unknown --mode {pag_mode!r}: use one of {', '.join(MODES)}")
-        if not 0.0 <= pag_strength <= 1.0:
-            raise HeadsplatError(f"SoftPAG strength {pag_strength} is outside [0, 1]")
-        start, end = pag_range
-        if not 0.0 <= start <= end <= 1.0:
-            raise HeadsplatError(f"guidance range {start},{end} must satisfy 0 <= start <= end <= 1")
-        if num_inference_steps < 1:
-            raise HeadsplatError(f"--steps must be at least 1, got {num_inference_steps}")
+        check_settings(
+            scale=pag_scale,
+            strength=pag_strength,
+            mode=pag_mode,
+            guidance_range=pag_range,
+            steps=num_inference_steps,
+            cfg=guidance_scale,
+            true_cfg=true_cfg_scale,
+            height=height,
+            width=width,
+            size_multiple=self.parts.size_multiple,
+        )
         guidance = HeadGuidance(heads, pag_scale, pag_strength, pag_mode, pag_range)
-        pipe = self.pipe
         request = Request(
             prompt=prompt,
             negative_prompt=negative_prompt,
@@ -136,8 +188,8 @@ class HeadGuidancePipeline:
                 negative_prompt_embeds=negative_prompt_embeds,
                 negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
             ),
-            height=height or pipe.default_sample_size * pipe.vae_scale_factor,
-            width=width or pipe.default_sample_size * pipe.vae_scale_factor,
+            height=height,
+            width=width,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             true_cfg_scale=true_cfg_scale,

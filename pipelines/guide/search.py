@@ -21,7 +21,7 @@ from pipelines.config_cli import flag, no_flag
 from pipelines.files import atomic_output
 from pipelines.guide.heads import head_list
 from pipelines.guide.objectives import Objective
-from pipelines.guide.sampling import HeadGuidancePipeline
+from pipelines.guide.sampling import SIZE_MULTIPLE, HeadGuidancePipeline, check_settings
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -61,13 +61,35 @@ class SearchConfig:
     guidance_scale: float | None = field(default=None, metadata=flag("--cfg", metavar="CFG"))
     """CFG scale (SD3) / distilled guidance (FLUX) during the search (None: 7.0 / 3.5)."""
     height: int | None = None
-    """Image height in pixels (None: the model default)."""
+    """Image height in pixels, a multiple of 16 (None: the model default)."""
     width: int | None = None
-    """Image width in pixels (None: the model default)."""
+    """Image width in pixels, a multiple of 16 (None: the model default)."""
     pool: str = field(default="", metadata=flag(default_help="every head"))
     """Candidate heads as a head spec ('' = every head of the model)."""
     batch_size: int = 4
     """Prompt-seed pairs sampled per transformer call."""
+
+    def check(self) -> None:
+        """A HeadsplatError for the first setting no search can use, before any model loads."""
+        if not self.prompts:
+            raise HeadsplatError("the search needs at least one prompt")
+        if not self.seeds or any(not 0 <= seed < 2**64 for seed in self.seeds):
+            raise HeadsplatError(f"--seeds must be one or more integers 0 to 2**64 - 1, got {self.seeds}")
+        for name, value in (("-k", self.k), ("--rounds", self.rounds), ("--batch-size", self.batch_size)):
+            if value < 1:
+                raise HeadsplatError(f"{name} must be at least 1, got {value}")
+        check_settings(
+            scale=self.pag_scale,
+            strength=self.pag_strength,
+            mode=self.pag_mode,
+            guidance_range=(0.0, 1.0),
+            steps=self.num_inference_steps,
+            cfg=self.guidance_scale,
+            true_cfg=1.0,
+            height=self.height,
+            width=self.width,
+            size_multiple=SIZE_MULTIPLE,
+        )
 
 
 @dataclass
@@ -124,10 +146,7 @@ def search_heads(
     already chosen and adds the top k. `state` may be a partial search: finished work is skipped."""
     from tqdm import tqdm
 
-    if config.k < 1 or config.rounds < 1:
-        raise HeadsplatError(f"-k and --rounds must be at least 1, got k={config.k}, rounds={config.rounds}")
-    if not config.prompts:
-        raise HeadsplatError("the search needs at least one prompt")
+    config.check()
     pipeline.pipe.set_progress_bar_config(disable=True)  # the search has its own bar
     pool = head_list(config.pool, pipeline.layout)
     total = config.rounds * len(pool)  # an upper bound for the bar: later rounds have fewer candidates

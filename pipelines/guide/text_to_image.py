@@ -9,10 +9,11 @@ import torch
 from PIL import Image
 
 from models.attention_guidance import MODES, HeadSet
+from models.errors import HeadsplatError
 from pipelines.config_cli import flag
 from pipelines.guide.heads import load_heads
-from pipelines.guide.loading import load_pipeline
-from pipelines.guide.sampling import HeadGuidancePipeline
+from pipelines.guide.loading import DTYPES, load_pipeline
+from pipelines.guide.sampling import SIZE_MULTIPLE, HeadGuidancePipeline, check_settings
 
 
 def parse_range(text: str) -> tuple[float, float]:
@@ -49,9 +50,9 @@ class GuideConfig:
     mode: str = field(default="joint", metadata=flag(choices=MODES))
     """'joint': identity over the whole text+image sequence; 'image': image-to-image only (diffusers PAG)."""
     height: int | None = None
-    """Image height in pixels (None: the model default)."""
+    """Image height in pixels, a multiple of 16 (None: the model default)."""
     width: int | None = None
-    """Image width in pixels (None: the model default)."""
+    """Image width in pixels, a multiple of 16 (None: the model default)."""
     negative_prompt: str | None = None
     """Negative prompt for CFG."""
     guidance_range: tuple[float, float] = field(
@@ -60,16 +61,36 @@ class GuideConfig:
     """Apply head guidance on steps whose fraction i/steps lies in [start, end)."""
     device: str = "auto"
     """auto, cpu or cuda (or cuda:N)."""
-    dtype: str = "auto"
+    dtype: str = field(default="auto", metadata=flag(choices=("auto", *DTYPES)))
     """auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16."""
     drop_t5: bool = field(default=False, metadata=flag("--no-t5"))
     """SD3: load without the T5-XXL text encoder (4.7B parameters)."""
     output: str = field(default="guide.png", metadata=flag("-o", "--output"))
     """Output image path (.png/.jpg)."""
 
+    def check(self) -> None:
+        """A HeadsplatError for the first setting no sampling can use, before any model loads."""
+        check_settings(
+            scale=self.scale,
+            strength=self.soft,
+            mode=self.mode,
+            guidance_range=self.guidance_range,
+            steps=self.steps,
+            cfg=self.cfg,
+            true_cfg=self.true_cfg,
+            height=self.height,
+            width=self.width,
+            size_multiple=SIZE_MULTIPLE,
+        )
+        if not 0 <= self.seed < 2**64:  # torch's generator takes 64 bits
+            raise HeadsplatError(f"--seed must be 0 to 2**64 - 1, got {self.seed}")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise HeadsplatError(f"unknown --dtype {self.dtype!r}: use auto, {', '.join(DTYPES)}")
+
 
 def generate(config: GuideConfig, pipeline: HeadGuidancePipeline | None = None) -> Image.Image:
     """Sample one image for a GuideConfig (loading the model unless a pipeline is given)."""
+    config.check()
     heads = load_heads(config.heads) if config.heads else HeadSet()  # a bad spec fails before loading
     pipeline = pipeline or load_pipeline(config.model, config.device, config.dtype, config.drop_t5)
     return pipeline(
