@@ -153,7 +153,7 @@ def check_inputs(
     require_suffix(motion_file, MOTION_SUFFIXES, "motion file")
     text = (text or "").strip()
     try:
-        check_drivers(audio, text, motion_file, None, max_text_chars=MAX_TEXT_CHARS)
+        check_drivers(audio or None, text or None, motion_file or None, None, max_text_chars=MAX_TEXT_CHARS)
     except HeadsplatError as err:
         raise user_error(err) from err
     return {"image": portrait, "audio": audio or None, "text": text or None, "motion": motion_file or None}
