@@ -1127,7 +1127,13 @@ def build_cases() -> list[Case]:
     tr("output_is_the_input", ["in/m.csv", "-o", "in/m.csv"], fixture_file("motion", "in/m.csv", "base.csv"))
     tr("output_in_proc", ["in/portrait.jpg", "-o", "/proc/m.csv"], P)
     tr("identity_in_missing_folder", ["in/portrait.jpg", "-o", "m.csv", "--identity", "no/id.json"], P)
-    tr("max_frames_zero", ["in/v.mp4", "-o", "m.csv", "--max-frames", "0"], V)
+    tr(
+        "max_frames_zero_means_all",
+        ["in/v.mp4", "-o", "m.csv", "--max-frames", "0"],
+        V,
+        "ok",
+        outputs=("m.csv",),
+    )
     tr("max_frames_negative", ["in/v.mp4", "-o", "m.csv", "--max-frames=-5"], V)
     tr("num_identity_99", ["in/portrait.jpg", "-o", "m.csv", "--num-identity", "99"], P)
     tr("identity_frames_zero", ["in/v.mp4", "-o", "m.csv", "--identity-frames", "0"], V)
@@ -1397,9 +1403,15 @@ def group_alive(pgid: int) -> list[str]:
     return alive
 
 
+#: A tqdm progress bar ("talk:  40%|████      | 68/168 [00:05<00:08, 12.1frame/s]").
+PROGRESS_BAR = re.compile(r"\d+%\|.*\| *\d+/\d+ \[")
+
+
 def message_problem(stderr: str, case: Case, code: int) -> str | None:
     """None if stderr is one clear message for this exit; else what is wrong with it."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    # What a terminal shows: a progress bar redrawn with "\r" is one line, and bars are not messages.
+    shown = [line.rsplit("\r", 1)[-1].strip() for line in stderr.split("\n")]
+    lines = [line for line in shown if line and not PROGRESS_BAR.search(line)]
     core = [line for line in lines if not line.startswith(("warning:", "note:"))]
     if not core:
         return "nothing on stderr"

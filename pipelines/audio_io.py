@@ -78,7 +78,18 @@ def _read_soundfile(path: Path, target_sr: int, max_seconds: float) -> np.ndarra
 
 def _read_ffmpeg(path: Path, target_sr: int, max_seconds: float) -> np.ndarray:
     # -t reads one second past the limit so that "too long" can be told apart from "exactly the limit".
-    cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(path), "-vn", "-sn", "-dn"]
+    # An absolute "file:" path: a name like "concat:a|b" or "-x" is never read as a protocol or an option.
+    cmd = [
+        ffmpeg_exe(),
+        "-nostdin",
+        "-v",
+        "error",
+        "-i",
+        "file:" + os.path.abspath(path),
+        "-vn",
+        "-sn",
+        "-dn",
+    ]
     cmd += ["-t", f"{max_seconds + 1:.3f}", "-ac", "1", "-ar", str(target_sr), "-f", "f32le", "pipe:1"]
     proc = subprocess.run(cmd, capture_output=True, check=False)
     stderr = proc.stderr.decode(errors="replace").strip()

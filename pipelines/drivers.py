@@ -127,9 +127,10 @@ def speak(text: str, out_wav: Path) -> Path:
     The text goes to the synthesiser in a file, never on its command line, so text that starts with "-"
     ("-5 degrees", or a hostile "-f/etc/passwd") is spoken as written and never read as an option.
     """
-    import os
     import shutil
     import subprocess
+
+    from pipelines.tts import no_sound_server_env
 
     check_text(text)
     text_file = out_wav.with_suffix(".txt")
@@ -143,11 +144,8 @@ def speak(text: str, out_wav: Path) -> Path:
             "--text needs a speech synthesiser: install espeak-ng or flite (e.g. apt-get install espeak-ng), "
             "or pass --audio"
         )
-    # espeak-ng writes a wav but still opens a PulseAudio client, which leaves runtime files in $HOME and
-    # $TMPDIR; a server address that cannot exist keeps it from touching anything.
-    env = {**os.environ, "PULSE_SERVER": "/nonexistent/headsplat-no-sound-server"}
     result = subprocess.run(
-        cmd, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL, env=env
+        cmd, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL, env=no_sound_server_env()
     )
     if result.returncode != 0 or not out_wav.exists() or out_wav.stat().st_size < 100:
         lines = (result.stderr or "no output").strip().splitlines() or ["no output"]

@@ -38,7 +38,7 @@ from pipelines.audio_io import load_audio, save_wav
 from pipelines.cli import check_writable_folder, run_cli
 from pipelines.files import atomic_output
 from pipelines.motion_io import save_motion
-from pipelines.tts import espeak_speak, flite_speak, flite_voices
+from pipelines.tts import espeak_speak, flite_speak, flite_voices, no_sound_server_env
 
 # --------------------------------------------------------------------------------------------------
 # Sentences: a small grammar over common words (all in CMUdict), heavy on lip-visible sounds.
@@ -143,7 +143,9 @@ def available_voices() -> list[Voice]:
     """Every voice the installed engines offer (training and held-out)."""
     voices = []
     if shutil.which("espeak-ng"):
-        listed = subprocess.run(["espeak-ng", "--voices=variant"], capture_output=True, text=True).stdout
+        listed = subprocess.run(
+            ["espeak-ng", "--voices=variant"], capture_output=True, text=True, env=no_sound_server_env()
+        ).stdout
         variants = {tok[3:] for line in listed.splitlines() for tok in line.split() if tok.startswith("!v/")}
         voices += [Voice("espeak-ng", "en-gb-scotland"), Voice("espeak-ng", "en-gb-scotland+f2")]
         for base in _ESPEAK_VOICES:

@@ -27,6 +27,16 @@ import numpy as np
 from models.audio import SAMPLE_RATE, Phone, merge_silences, pad_silence, resample_to
 from models.errors import HeadsplatError
 
+
+def no_sound_server_env() -> dict[str, str]:
+    """The environment for a synthesiser's command line: the espeak-ng CLI opens a PulseAudio client even
+    when it only writes a wav or lists voices, which leaves runtime files in $HOME and $TMPDIR; a server
+    address that cannot exist keeps it from touching anything."""
+    import os
+
+    return {**os.environ, "PULSE_SERVER": "/nonexistent/headsplat-no-sound-server"}
+
+
 # --------------------------------------------------------------------------------------------------
 # flite: `-psdur` prints "label:end_time" per segment (CMU phone set, lower case).
 FLITE_LABELS = {"ax": "AH", "axr": "ER", "dx": "D", "el": "L", "em": "M", "en": "N", "ix": "IH", "nx": "N",

@@ -37,7 +37,7 @@ class Video:
         import imageio_ffmpeg
 
         width, height = self.size
-        gen = imageio_ffmpeg.read_frames(str(self.path))
+        gen = imageio_ffmpeg.read_frames(os.path.abspath(self.path))  # never read as a protocol
         try:
             next(gen)  # metadata, already read by read_video
             for raw in gen:
@@ -53,7 +53,7 @@ def read_video(path: str | os.PathLike) -> Video:
     path = require_file(path, "video")
     import imageio_ffmpeg
 
-    gen = imageio_ffmpeg.read_frames(str(path))
+    gen = imageio_ffmpeg.read_frames(os.path.abspath(path))
     try:
         meta = next(gen)
     except (RuntimeError, OSError, StopIteration) as err:

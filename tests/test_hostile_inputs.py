@@ -439,3 +439,15 @@ def test_a_corpus_is_not_built_over_other_files(tmp_path, capsys):
     assert main(["--out", str(tmp_path), "--clips", "1", "--held-out-clips", "1", "--quiet"]) == 2
     assert "not a corpus" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_a_file_named_like_an_ffmpeg_protocol_is_read_as_a_file(tmp_path, monkeypatch):
+    from pipelines.audio_io import _read_ffmpeg
+
+    secret = tmp_path / "secret.wav"
+    save_wav(np.full(1600, 0.5, np.float32), secret)
+    decoy = tmp_path / f"concat:{secret.name}"  # as a protocol, ffmpeg would read secret.wav through it
+    decoy.write_bytes(b"not audio")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(HeadsplatError, match="cannot read audio"):
+        _read_ffmpeg(Path(decoy.name), 16000, 60.0)
