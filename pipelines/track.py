@@ -455,10 +455,9 @@ def run(args) -> TrackResult:
     )
     config.check()
     _check_outputs(args)
-    if config.device == "auto":
-        import torch
+    from pipelines.device import resolve_device
 
-        config.device = "cuda" if torch.cuda.is_available() else "cpu"
+    config.device = resolve_device(config.device)  # the face-alignment backend's device
     progress = None
     if not args.quiet:
         from tqdm import tqdm
