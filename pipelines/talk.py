@@ -11,11 +11,11 @@ Frames stream to the encoder as they are made; the output appears only when it i
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,9 +106,13 @@ def prepare_avatar(cfg: TalkConfig, head: HeadModel | None = None) -> tuple[np.n
         photo, fit.to_identity(), fit.expression, head, PortraitAvatarConfig(crop_size=cfg.size)
     )
     if cache is not None:
-        with contextlib.suppress(OSError):
+        try:
             cache.parent.mkdir(parents=True, exist_ok=True)
             save_avatar(avatar, cache)
+        except (OSError, HeadsplatError) as err:  # the run goes on: the cache only saves the next one time
+            warnings.warn(
+                f"the avatar cache was not written ({err}); the next run builds it again", stacklevel=2
+            )
     return photo, avatar
 
 

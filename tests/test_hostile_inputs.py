@@ -451,3 +451,12 @@ def test_a_file_named_like_an_ffmpeg_protocol_is_read_as_a_file(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     with pytest.raises(HeadsplatError, match="cannot read audio"):
         _read_ffmpeg(Path(decoy.name), 16000, 60.0)
+
+
+def test_an_unwritable_avatar_cache_warns_and_talk_goes_on(tmp_path):
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache folder would go")
+    cfg = talk.TalkConfig(cache_dir=str(blocker), size=64)
+    with pytest.warns(UserWarning, match="avatar cache was not written"):
+        photo, avatar = talk.prepare_avatar(cfg)
+    assert photo.ndim == 3 and avatar.camera.width == 64
