@@ -124,8 +124,8 @@ def check_drivers(
 def speak(text: str, out_wav: Path) -> Path:
     """Speak `text` literally into a wav with espeak-ng or flite (whichever is installed).
 
-    The text goes to the synthesiser in a file, never on its command line, so text that starts with "-"
-    ("-5 degrees", or a hostile "-f/etc/passwd") is spoken as written and never read as an option.
+    Text that starts with "-" ("-5 degrees", or a hostile "-f/etc/passwd") is spoken as written, never
+    read as an option: espeak-ng reads it from a file, and flite's `-t` takes its next argument as the text.
     """
     import shutil
     import subprocess
@@ -138,7 +138,7 @@ def speak(text: str, out_wav: Path) -> Path:
     if shutil.which("espeak-ng"):
         cmd = ["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(out_wav), "-f", str(text_file)]
     elif shutil.which("flite"):
-        cmd = ["flite", "-voice", "slt", "-f", str(text_file), "-o", str(out_wav)]
+        cmd = ["flite", "-voice", "slt", "-t", text, "-o", str(out_wav)]  # -t: the next argument is the text
     else:
         raise HeadsplatError(
             "--text needs a speech synthesiser: install espeak-ng or flite (e.g. apt-get install espeak-ng), "

@@ -90,10 +90,11 @@ def flite_speak(
     if f0_mean is not None:
         cmd += ["--setf", f"int_f0_target_mean={f0_mean:.0f}"]
     with tempfile.TemporaryDirectory() as tmp:
-        wav_path, text_path = Path(tmp) / "flite.wav", Path(tmp) / "text.txt"
-        text_path.write_text(text, encoding="utf-8")  # a file, never argv: text is never read as options
+        wav_path = Path(tmp) / "flite.wav"
+        # `-t` takes the next argument as the text whatever it looks like ("-f/etc/passwd" is spoken, not
+        # opened; tested). Not `-f FILE`: flite reads a file sentence by sentence, each on its own timeline.
         proc = subprocess.run(
-            [*cmd, "-f", str(text_path), "-o", str(wav_path)],
+            [*cmd, "-t", text, "-o", str(wav_path)],
             capture_output=True,
             text=True,
             stdin=subprocess.DEVNULL,

@@ -140,3 +140,13 @@ def test_voice_shift_scales_pitch_and_phone_times_together():
     assert all(a.end == b.start for a, b in zip(moved, moved[1:]))
     empty, same = shift_voice(np.zeros(0, np.float32), phones, 1.1)
     assert empty.size == 0 and same == phones
+
+
+@pytest.mark.skipif(shutil.which("flite") is None, reason="needs flite")
+def test_flite_phones_of_several_sentences_share_one_timeline():
+    """flite's -t speaks the text as one utterance; reading it from a file would restart the clock per sentence."""
+    audio, phones = flite_speak("Bob bought a map. The moon is bright. We sat by the pool.", "slt")
+    starts = [p.start for p in phones]
+    assert starts == sorted(starts)
+    assert phones[-1].end >= 0.9 * audio.size / 16000
+    assert sum(p.label == "B" for p in phones) >= 3  # Bob, bought, bright
