@@ -45,6 +45,9 @@ class Flag:
     metavar: str | None = None
     default_help: str | None = None  # how the default reads in --help, when its value says it badly
     inverse: str | None = None  # a bool field that defaults True, set False by this flag ("--quiet")
+    help: str | None = (
+        None  # the help text, when the field's docstring does not read as one (an inverse flag)
+    )
     hidden: bool = False  # neither a flag nor a manifest key (filled in by code)
     cli: bool = True  # False: a config key (a batch manifest may set it) that has no command-line flag
 
@@ -134,7 +137,7 @@ def add_config_arguments(
         target = (groups or {}).get(field.name, parser)
         kind, optional = _base_type(hints[field.name])
         default = _default(field)
-        help_text = docs.get(field.name, "")
+        help_text = spec.help if spec.help is not None else docs.get(field.name, "")
         names = spec.names or ("--" + field.name.replace("_", "-"),)
         kwargs: dict[str, typing.Any] = {"dest": field.name}
         if kind is bool:

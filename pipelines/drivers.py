@@ -62,7 +62,7 @@ class GeneratorConfig(MotionControls):
     """Which face to animate when the photo has several (0 is the largest)."""
     device: str = field(default="auto", metadata=flag(choices=DEVICES))
     """Where frames are rendered: auto, cpu or cuda (cuda needs gsplat)."""
-    progress: bool = field(default=True, metadata=flag(inverse="--quiet"))
+    progress: bool = field(default=True, metadata=flag(inverse="--quiet", help="No progress bars."))
     """Show progress bars (off with --quiet)."""
     # models/ knows nothing of the command line: the flags of two motion controls are completed here.
     steps: int = field(

@@ -38,7 +38,7 @@ class Example:
     """Facial emotion."""
     still: bool = False
     """Keep the head still."""
-    progress: bool = field(default=True, metadata=flag(inverse="--quiet"))
+    progress: bool = field(default=True, metadata=flag(inverse="--quiet", help="No progress bar."))
     """Show a progress bar."""
     window: tuple[float, float] = field(default=(0.0, 1.0), metadata=flag(parse=_pair, metavar="START,END"))
     """A range."""
@@ -61,6 +61,7 @@ def test_docstrings_under_fields_are_the_help():
     help_text = " ".join(_parser().format_help().split())
     assert "-s IMAGE, --image IMAGE Portrait photo, over two lines. (default: the shipped one)" in help_text
     assert "--scale SCALE A scale. (default: 1.5)" in help_text
+    assert "--quiet No progress bar." in help_text
     assert "--internal" not in help_text and "--colour" not in help_text
 
 

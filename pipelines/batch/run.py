@@ -65,7 +65,7 @@ class BatchConfig:
     room for are handed out at a time."""
     seed: int | None = field(default=None, metadata=flag(default_help="each pipeline's own"))
     """Seed of the items that set none of their own."""
-    progress: bool = field(default=True, metadata=flag(inverse="--quiet"))
+    progress: bool = field(default=True, metadata=flag(inverse="--quiet", help="No progress bars."))
     """A progress bar over the whole batch on stderr; --quiet turns it off."""
 
 
