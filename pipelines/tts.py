@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 import shutil
 import subprocess
 import tempfile
@@ -32,8 +33,6 @@ def no_sound_server_env() -> dict[str, str]:
     """The environment for a synthesiser's command line: the espeak-ng CLI opens a PulseAudio client even
     when it only writes a wav or lists voices, which leaves runtime files in $HOME and $TMPDIR; a server
     address that cannot exist keeps it from touching anything."""
-    import os
-
     return {**os.environ, "PULSE_SERVER": "/nonexistent/headsplat-no-sound-server"}
 
 
@@ -177,7 +176,17 @@ class _Espeak:
             raise HeadsplatError("espeak-ng's library is not installed (apt install espeak-ng)") from err
         # Without DONT_EXIT, a failed initialisation (no espeak-ng-data) would end the whole process.
         options = _INIT_PHONEME_EVENTS | _INIT_DONT_EXIT
-        self.sample_rate = self.lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, None, options)
+        # Initialising opens a PulseAudio client even for synchronous output (runtime files in $HOME and
+        # $TMPDIR when XDG_RUNTIME_DIR is unset): point it at a server that cannot exist while it does.
+        previous = os.environ.get("PULSE_SERVER")
+        os.environ["PULSE_SERVER"] = no_sound_server_env()["PULSE_SERVER"]
+        try:
+            self.sample_rate = self.lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, None, options)
+        finally:
+            if previous is None:
+                del os.environ["PULSE_SERVER"]
+            else:
+                os.environ["PULSE_SERVER"] = previous
         if self.sample_rate <= 0:
             raise HeadsplatError("espeak-ng failed to initialise (is espeak-ng-data installed?)")
         self.lib.espeak_Synth.argtypes = [

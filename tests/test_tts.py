@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,3 +151,16 @@ def test_flite_phones_of_several_sentences_share_one_timeline():
     assert starts == sorted(starts)
     assert phones[-1].end >= 0.9 * audio.size / 16000
     assert sum(p.label == "B" for p in phones) == 5  # Bob (2), bought, bright, by: no sentence lost
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+def test_espeak_library_leaves_no_sound_server_files(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("XDG_RUNTIME_DIR", "PULSE_SERVER")}
+    env.update(HOME=str(tmp_path), TMPDIR=str(tmp_path), PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    code = "from pipelines.tts import espeak_speak; espeak_speak('hello', 'en-us')"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
+    assert list(tmp_path.iterdir()) == []
