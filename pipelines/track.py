@@ -31,6 +31,8 @@ from models.fitting import FaceFit, FaceFitter, FitConfig
 from models.landmark_smoothing import smooth_landmarks
 from models.latent import NUM_EXPRESSIONS, Identity, Motion
 from models.transforms import relative_pose
+from pipelines.config_cli import add_config_arguments, config_from_args, field_docs, flag, no_flag
+from pipelines.device import DEVICES
 from pipelines.image_io import is_image_path, load_image, save_image
 from pipelines.motion_io import MOTION_SUFFIXES, save_identity, save_motion
 from pipelines.video_io import VideoWriter, read_video
@@ -46,6 +48,8 @@ REGIONS_FILE = Path(__file__).resolve().parents[1] / "weights" / "mediapipe" / "
 
 #: The most ICT identity modes (of its 100) the tracker fits.
 MAX_IDENTITY_MODES = 50
+BACKENDS = ("mediapipe", "face-alignment")
+DETECTORS = ("auto", "short", "full")
 
 
 @dataclass
@@ -54,18 +58,21 @@ class TrackConfig:
 
     face_index: int = 0
     """Which face to follow when there are several, largest first."""
-    backend: str = "mediapipe"
-    """Landmarks: 'mediapipe' (shipped, 468 points, fast) or 'face-alignment' (optional 68-point FAN; its
-    package and weights must already be installed)."""
+    backend: str = field(default="mediapipe", metadata=flag(choices=BACKENDS))
+    """Landmarks: 'mediapipe' (the shipped 468-point mesh, fast) or 'face-alignment' (the optional 68-point
+    FAN; its package and weights must already be on disk: nothing is downloaded)."""
     device: str = "cpu"
-    """Device of the face-alignment backend ('cpu' or 'cuda'); MediaPipe always runs on the CPU."""
-    detector: str = "auto"
-    """BlazeFace model: 'short' (faces within ~2 m), 'full' (small/far faces), 'auto' (both, merged)."""
-    num_identity: int = 40
-    """ICT identity modes to fit (at most MAX_IDENTITY_MODES)."""
+    """Device of the face-alignment backend; MediaPipe and the fit always run on the CPU (TFLite + numpy)."""
+    detector: str = field(default="auto", metadata=flag(choices=DETECTORS))
+    """MediaPipe's BlazeFace detector: 'short' (faces within ~2 m), 'full' (small/far faces) or 'auto' (both,
+    merged)."""
+    num_identity: int = field(default=40, metadata=flag(default_help=f"40; at most {MAX_IDENTITY_MODES}"))
+    """ICT identity modes to fit."""
     identity_frames: int = 8
     """Video frames (spread over the clip) that share one identity fit."""
-    smoothing: bool = True
+    smoothing: bool = field(
+        default=True, metadata=flag(inverse="--no-smoothing", help="Do not smooth the landmark track.")
+    )
     """One Euro smoothing of the landmark track (zero-phase for files: no lag)."""
     min_cutoff: float = 1.0
     """One Euro minimum cutoff (Hz): lower removes more jitter from a still face."""
@@ -75,10 +82,13 @@ class TrackConfig:
     """Solver iterations per video frame (warm-started from the previous frame)."""
     threads: int = 2
     """CPU threads for the landmark models."""
-    iris: bool = True
+    iris: bool = field(
+        default=True,
+        metadata=flag(inverse="--no-iris", help="Skip the iris model: no gaze (eyeLook* stay 0)."),
+    )
     """Locate the irises and fit gaze (eyeLook* shapes); MediaPipe backend only."""
-    max_frames: int = 0
-    """Stop after this many video frames (0: the whole video)."""
+    max_frames: int = field(default=0, metadata=flag(default_help="0, all of them"))
+    """Track only the first N video frames."""
 
     def check(self) -> None:
         """A HeadsplatError naming the first count no tracking run can use (each is a flag of the CLI)."""
@@ -94,6 +104,28 @@ class TrackConfig:
             if value < low or (high is not None and value > high):
                 allowed = f"at least {low}" if high is None else f"{low} to {high}"
                 raise HeadsplatError(f"--{name.replace('_', '-')} must be {allowed}, got {value}")
+
+
+@dataclass
+class TrackCommand(TrackConfig):
+    """TrackConfig plus what `python -m pipelines.track` reads and writes; each field is one of its flags."""
+
+    input: str = field(kw_only=True, metadata=no_flag())  # the CLI's one positional argument
+    """Photo (.jpg/.png/...) or video (.mp4/.mov/...) with a face."""
+    output: str | None = field(default=None, metadata=flag("-o", "--output"))
+    """Motion file to write: .csv (ARKit / Live Link Face layout), .npz or .json."""
+    identity: str | None = None
+    """Identity file to write (.json): ICT coefficients, rest pose and camera."""
+    overlay: str | None = None
+    """Write the fitted mesh drawn over the input (.mp4 for a video, .png/.jpg for a photo)."""
+    # The command resolves 'auto' itself; the library's default stays the plain CPU.
+    device: str = field(default="auto", metadata=flag(choices=DEVICES))
+    """Device of the face-alignment backend (auto: cuda if available); MediaPipe and the fit always run on the
+    CPU (TFLite + numpy)."""
+    seed: int = 0
+    """Accepted for symmetry with the other commands; tracking is deterministic."""
+    progress: bool = field(default=True, metadata=flag(inverse="--quiet", help="No progress bars."))
+    """Show progress bars and the JSON summary (off with --quiet)."""
 
 
 @dataclass
@@ -357,150 +389,94 @@ def draw_overlay(
 # ------------------------------------------------------------------------------------------------
 # CLI
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of `python -m pipelines.track`: every flag is a field of TrackCommand."""
     p = argparse.ArgumentParser(
         prog="python -m pipelines.track",
         description="Track a face in a photo or video into an ICT identity and a motion (expressions + head pose).",
     )
-    p.add_argument("input", help="photo (.jpg/.png/...) or video (.mp4/.mov/...) with a face")
-    p.add_argument(
-        "-o", "--output", help="motion file to write: .csv (ARKit / Live Link Face layout), .npz or .json"
-    )
-    p.add_argument(
-        "--identity", help="identity file to write (.json): ICT coefficients, rest pose and camera"
-    )
-    p.add_argument(
-        "--overlay",
-        help="write the fitted mesh drawn over the input (.mp4 for a video, .png/.jpg for a photo)",
-    )
-    p.add_argument(
-        "--face-index",
-        type=int,
-        default=0,
-        help="which face to use when there are several, largest first (default 0)",
-    )
-    p.add_argument(
-        "--detector",
-        choices=("auto", "short", "full"),
-        default="auto",
-        help="MediaPipe face detector: short range (near faces), full range (small/far faces) or both (default)",
-    )
-    p.add_argument(
-        "--backend",
-        choices=("mediapipe", "face-alignment"),
-        default="mediapipe",
-        help="landmarks: the shipped MediaPipe 468-point mesh (default) or the optional 68-point face-alignment "
-        "FAN (its package and weights must already be on disk; nothing is downloaded)",
-    )
-    p.add_argument(
-        "--num-identity",
-        type=int,
-        default=40,
-        help=f"ICT identity modes to fit, up to {MAX_IDENTITY_MODES} (default 40)",
-    )
-    p.add_argument(
-        "--identity-frames", type=int, default=8, help="video frames sharing the identity fit (default 8)"
-    )
-    p.add_argument("--no-smoothing", action="store_true", help="do not smooth the landmark track")
-    p.add_argument(
-        "--max-frames",
-        type=int,
-        default=0,
-        help="only track the first N video frames (default 0: all of them)",
-    )
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for the landmark models (default 2)")
-    p.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        default="auto",
-        help="device of the face-alignment backend (auto: cuda if available); MediaPipe and the fit always run "
-        "on the CPU (TFLite + numpy)",
-    )
-    p.add_argument("--no-iris", action="store_true", help="skip the iris model: no gaze (eyeLook* stay 0)")
-    p.add_argument("--seed", type=int, default=0, help="accepted for symmetry; tracking is deterministic")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("input", help=field_docs(TrackCommand)["input"])
+    outputs = ("output", "identity", "overlay")
+    add_config_arguments(p, TrackCommand, only=outputs)
+    # One Euro's constants and the solver's iterations are tuned, not user settings.
+    add_config_arguments(p, TrackCommand, skip=(*outputs, "min_cutoff", "beta", "tracking_iterations"))
     return p
 
 
-def _check_outputs(args) -> None:
-    if not (args.output or args.identity or args.overlay):
+def _check_outputs(config: TrackCommand) -> None:
+    if not (config.output or config.identity or config.overlay):
         raise HeadsplatError(
             "nothing to write: give -o motion.csv, --identity id.json and/or --overlay check.mp4"
         )
-    if args.output and Path(args.output).suffix.lower() not in MOTION_SUFFIXES:
-        raise HeadsplatError(f"-o must end in {', '.join(MOTION_SUFFIXES)}; got {args.output!r}")
-    if args.identity and Path(args.identity).suffix.lower() != ".json":
-        raise HeadsplatError(f"--identity must be a .json file; got {args.identity!r}")
+    if config.output and Path(config.output).suffix.lower() not in MOTION_SUFFIXES:
+        raise HeadsplatError(f"-o must end in {', '.join(MOTION_SUFFIXES)}; got {config.output!r}")
+    if config.identity and Path(config.identity).suffix.lower() != ".json":
+        raise HeadsplatError(f"--identity must be a .json file; got {config.identity!r}")
     from pipelines.cli import check_output
 
-    outputs = [(args.output, "-o file"), (args.identity, "--identity file"), (args.overlay, "--overlay file")]
-    written: list[str] = [args.input]
+    outputs = [
+        (config.output, "-o file"),
+        (config.identity, "--identity file"),
+        (config.overlay, "--overlay file"),
+    ]
+    written: list[str] = [config.input]
     for path, what in outputs:
         if path:
             check_output(path, written, what=what)  # neither the input nor another output of this run
             written.append(path)
 
 
-def run(args) -> TrackResult:
-    config = TrackConfig(
-        face_index=args.face_index,
-        backend=args.backend,
-        device=args.device,
-        detector=args.detector,
-        num_identity=args.num_identity,
-        identity_frames=args.identity_frames,
-        smoothing=not args.no_smoothing,
-        threads=args.threads,
-        iris=not args.no_iris,
-        max_frames=args.max_frames,
-    )
+def run(config: TrackCommand) -> TrackResult:
+    """Track `config.input` and write the files it names."""
     config.check()
-    _check_outputs(args)
+    _check_outputs(config)
     from pipelines.device import resolve_device
 
     config.device = resolve_device(config.device)  # the face-alignment backend's device
     progress = None
-    if not args.quiet:
+    if config.progress:
         from tqdm import tqdm
 
         progress = tqdm
-    if is_image_path(args.input):
-        image = load_image(args.input)
-        if args.overlay and Path(args.overlay).suffix.lower() in (".mp4", ".mov", ".mkv", ".m4v"):
+    if is_image_path(config.input):
+        image = load_image(config.input)
+        if config.overlay and Path(config.overlay).suffix.lower() in (".mp4", ".mov", ".mkv", ".m4v"):
             raise HeadsplatError("the input is a photo: write the overlay as .png or .jpg")
         result = track_image(image, config)
-        if args.overlay:
-            save_image(draw_overlay(image, result.fits[0], result.fitter, result.landmarks[0]), args.overlay)
+        if config.overlay:
+            save_image(
+                draw_overlay(image, result.fits[0], result.fitter, result.landmarks[0]), config.overlay
+            )
     else:
-        video = read_video(args.input)
+        video = read_video(config.input)
         total = min(video.num_frames, config.max_frames) if config.max_frames else video.num_frames
         result = track_frames(iter(video), video.fps, config, total=total or None, progress=progress)
-        if args.overlay:
-            if is_image_path(args.overlay):
+        if config.overlay:
+            if is_image_path(config.overlay):
                 raise HeadsplatError("the input is a video: write the overlay as .mp4")
-            with VideoWriter(args.overlay, video.fps) as out:
+            with VideoWriter(config.overlay, video.fps) as out:
                 frames = zip(video, result.fits, result.landmarks)
                 if progress:
                     frames = progress(frames, total=len(result.fits), desc="overlay", unit="frame")
                 for frame, fit, marks in frames:
                     out.write(draw_overlay(frame, fit, result.fitter, marks))
-    if args.output:
-        save_motion(result.motion, args.output)
-    if args.identity:
-        save_identity(result.identity, args.identity)
+    if config.output:
+        save_motion(result.motion, config.output)
+    if config.identity:
+        save_identity(result.identity, config.identity)
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
     from pipelines.cli import run_cli
 
-    args = build_parser().parse_args(argv)
+    config = config_from_args(TrackCommand, build_parser().parse_args(argv))
     # imageio-ffmpeg logs a warning for every rotated phone video, which read_video already handles.
     logging.getLogger("imageio_ffmpeg").setLevel(logging.ERROR)
 
     def work() -> None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = run(args)
+            result = run(config)
         for text in _warn_count([w for w in caught if issubclass(w.category, UserWarning)]):
             print(f"warning: {text}", file=sys.stderr)
         missing = int((~result.found).sum())
@@ -513,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
             "rest_pose_deg": [round(math.degrees(a), 2) for a in result.identity.rotation],
             "rest_translation_cm": [round(float(v), 2) for v in result.identity.translation],
         }
-        if not args.quiet:
+        if config.progress:
             print(json.dumps(summary))
 
     return run_cli(work, interrupted="interrupted; files already finished were kept, none is half-written")

@@ -278,7 +278,7 @@ def test_track_refuses_counts_it_cannot_use_before_reading_the_input(tmp_path, c
 def test_track_help_says_max_frames_0_means_every_frame(capsys):
     with pytest.raises(SystemExit):
         track.main(["--help"])
-    assert "(default 0: all of them)" in " ".join(capsys.readouterr().out.split())
+    assert "(default: 0, all of them)" in " ".join(capsys.readouterr().out.split())
 
 
 # ------------------------------------------------------------------------------------------------
