@@ -18,7 +18,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,8 @@ from models.errors import HeadsplatError
 from models.visemes import EMOTIONS, teacher_motion
 from pipelines.audio_io import load_audio, save_wav
 from pipelines.cli import check_writable_folder, run_cli
+from pipelines.config_cli import add_config_arguments, config_from_args, flag
+from pipelines.device import DEVICES
 from pipelines.files import atomic_output
 from pipelines.motion_io import save_motion
 from pipelines.tts import espeak_speak, flite_speak, flite_voices, no_sound_server_env
@@ -224,11 +226,11 @@ class CorpusConfig:
     held_out_clips: int = 60
     """Utterances by held-out voices, for evaluation only."""
     noise_share: float = 0.06
-    """Share of training clips that are non-speech noise or silence labelled with idle motion."""
+    """Share of training clips that are non-speech noise or silence, labelled with idle motion."""
     voice_shift_share: float = 0.4
-    """Share of training utterances resampled as if a smaller or larger vocal tract spoke them: pitch and
-    formants scale by a factor in VOICE_SHIFT, durations by its inverse (vocal-tract-length
-    perturbation). The engines' voices are mostly male; this covers voices none of them has."""
+    """Share of training utterances resampled as if a smaller or larger vocal tract spoke them
+    (vocal-tract-length perturbation: pitch and formants scale by one factor, durations by its inverse).
+    The engines' voices are mostly male; this covers voices none of them has."""
     fps: float = 25.0
     """Motion frame rate."""
     seed: int = 0
@@ -250,6 +252,23 @@ class CorpusConfig:
             raise HeadsplatError(f"--fps must be in [{MIN_FPS:g}, {MAX_FPS:g}], got {self.fps}")
         if self.seed < 0:
             raise HeadsplatError(f"--seed must be 0 or more, got {self.seed}")
+
+
+@dataclass
+class CorpusCommand(CorpusConfig):
+    """CorpusConfig plus where `python -m pipelines.synth_corpus` writes; each field is one of its flags."""
+
+    out: str = field(kw_only=True)
+    """Output folder (created); gets clips/ and manifest.jsonl."""
+    device: str = field(default="cpu", metadata=flag(choices=DEVICES))
+    """Accepted for a uniform CLI; corpus building runs on the CPU."""
+    progress: bool = field(default=True, metadata=flag(inverse="--quiet", help="No progress bar."))
+    """Show a progress bar (off with --quiet)."""
+
+    @property
+    def corpus(self) -> CorpusConfig:
+        """The corpus settings alone (what corpus.json records)."""
+        return CorpusConfig(**{f.name: getattr(self, f.name) for f in fields(CorpusConfig)})
 
 
 #: Clip names are five digits (00000-99999).
@@ -381,27 +400,19 @@ def build_corpus(out: Path, config: CorpusConfig, progress: bool = True) -> Path
     return manifest
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of `python -m pipelines.synth_corpus`: every flag is a field of CorpusCommand."""
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.synth_corpus", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument(
-        "--out", required=True, help="output folder (created); gets clips/ and manifest.jsonl"
-    )
-    parser.add_argument("--clips", type=int, default=CorpusConfig.clips, help="training utterances to make")
-    parser.add_argument("--held-out-clips", type=int, default=CorpusConfig.held_out_clips,
-                        help="utterances by held-out voices (evaluation only)")  # fmt: skip
-    parser.add_argument("--noise-share", type=float, default=CorpusConfig.noise_share,
-                        help="share of non-speech/silence clips labelled with idle motion")  # fmt: skip
-    parser.add_argument("--voice-shift-share", type=float, default=CorpusConfig.voice_shift_share,
-                        help="share of training utterances with pitch and formants shifted (vocal-tract length)")  # fmt: skip
-    parser.add_argument("--fps", type=float, default=CorpusConfig.fps, help="motion frame rate")
-    parser.add_argument("--seed", type=int, default=CorpusConfig.seed, help="random seed")
-    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"),
-                        help="accepted for a uniform CLI; corpus building runs on the CPU")  # fmt: skip
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    return run_cli(lambda: _run(args), interrupted="interrupted; nothing was written")
+    add_config_arguments(parser, CorpusCommand, only=("out",))
+    add_config_arguments(parser, CorpusCommand, skip=("out",))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    command = config_from_args(CorpusCommand, build_parser().parse_args(argv))
+    return run_cli(lambda: _run(command), interrupted="interrupted; nothing was written")
 
 
 def check_corpus_folder(out: str | Path) -> Path:
@@ -448,13 +459,11 @@ def build_corpus_atomically(out: Path, config: CorpusConfig, progress: bool = Tr
     return out / "manifest.jsonl"
 
 
-def _run(args: argparse.Namespace) -> int:
-    config = CorpusConfig(
-        args.clips, args.held_out_clips, args.noise_share, args.voice_shift_share, args.fps, args.seed
-    )
+def _run(command: CorpusCommand) -> int:
+    config = command.corpus
     config.check()  # before the folder is made
-    out = check_corpus_folder(args.out)
-    manifest = build_corpus_atomically(out, config, progress=not args.quiet)
+    out = check_corpus_folder(command.out)
+    manifest = build_corpus_atomically(out, config, progress=command.progress)
     print(f"wrote {manifest}")
     return 0
 
