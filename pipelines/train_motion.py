@@ -20,7 +20,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,8 @@ from models.motion_diffusion import (
 )
 from models.visemes import EMOTIONS, bilabial_closure, mouth_opening
 from pipelines.cli import check_output, run_cli
+from pipelines.config_cli import add_config_arguments, config_from_args, flag
+from pipelines.device import DEVICES
 from pipelines.files import atomic_output, require_file
 from pipelines.training_data import (
     Clip,
@@ -55,9 +57,9 @@ class TrainConfig:
     """How the motion model is trained."""
 
     steps: int = 6000
-    """Optimiser steps (training also stops at `minutes`)."""
+    """Optimiser steps (training also stops when --minutes run out)."""
     minutes: float = 30.0
-    """Wall-clock budget for the training loop."""
+    """Wall-clock budget of the training loop, in minutes."""
     batch_size: int = 24
     """Windows per batch."""
     lr: float = 1e-3
@@ -82,6 +84,56 @@ class TrainConfig:
     """Motion frame rate (the model's)."""
     model: MotionModelConfig = field(default_factory=MotionModelConfig)
     """Network shape."""
+
+
+@dataclass
+class TrainCommand(TrainConfig):
+    """TrainConfig plus the data and files of `python -m pipelines.train_motion`; each field is one of its
+    flags but the ones training tunes itself (`TRAINING_ONLY`)."""
+
+    corpus: Path | None = field(default=None, metadata=flag(parse=Path))
+    """Synthetic corpus folder (pipelines.synth_corpus)."""
+    pairs: Path | None = field(default=None, metadata=flag(parse=Path))
+    """Folder of audio+motion files, or a .jsonl/.csv manifest."""
+    videos: Path | None = field(default=None, metadata=flag(parse=Path))
+    """Folder of talking-head videos (tracked by --tracker)."""
+    tracker: str = field(
+        default="pipelines.track:track_video", metadata=flag(default_help="the face tracker")
+    )
+    """MODULE:FUNCTION turning a video path into a Motion."""
+    out: Path = field(kw_only=True, metadata=flag(parse=Path))
+    """Weights to write (.safetensors; a .json goes beside)."""
+    checkpoint: Path | None = field(
+        default=None, metadata=flag(parse=Path, default_help="OUT.checkpoint.safetensors")
+    )
+    """Where to keep the resumable checkpoint."""
+    relabel: bool = False
+    """Recompute corpus motion with the current teacher from the stored phones."""
+    resume: Path | None = field(default=None, metadata=flag(parse=Path))
+    """Checkpoint to continue from (OUT.checkpoint.safetensors)."""
+    init: Path | None = field(default=None, metadata=flag(parse=Path))
+    """Weights to fine-tune (.safetensors + .json, e.g. the shipped model); keeps their architecture, ignores
+    --width/--depth."""
+    # The network's shape, flattened into two flags.
+    width: int = MotionModelConfig.width
+    """Transformer width."""
+    depth: int = MotionModelConfig.depth
+    """Transformer blocks."""
+    device: str = field(default="cpu", metadata=flag(choices=DEVICES))
+    """Training runs on the CPU (the model is small); cuda is not used yet."""
+
+    @property
+    def train_config(self) -> TrainConfig:
+        """The training settings alone, with the network shape the flags give (what the weights' .json records)."""
+        values = {f.name: getattr(self, f.name) for f in fields(TrainConfig) if f.name != "model"}
+        return TrainConfig(**values, model=MotionModelConfig(width=self.width, depth=self.depth))
+
+
+#: TrainConfig fields that are not flags: tuned, or (the network shape) given as --width/--depth.
+TRAINING_ONLY = (
+    "weight_decay", "audio_dropout", "context_dropout", "lip_weight", "velocity_weight", "ema", "fps", "model"
+)  # fmt: skip
+DATA_FLAGS = ("corpus", "pairs", "videos", "tracker", "out", "checkpoint", "relabel", "resume", "init")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -362,45 +414,21 @@ def train(clips: Sequence[Clip], config: TrainConfig, eval_clips: Sequence[Clip]
     return ema, {"train": _config_dict(config), "summary": summary}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of `python -m pipelines.train_motion`: every flag is a field of TrainCommand."""
     parser = argparse.ArgumentParser(prog="python -m pipelines.train_motion", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])  # fmt: skip
-    parser.add_argument("--corpus", type=Path, help="synthetic corpus folder (pipelines.synth_corpus)")
-    parser.add_argument("--pairs", type=Path, help="folder of audio+motion files, or a .jsonl/.csv manifest")
-    parser.add_argument("--videos", type=Path, help="folder of talking-head videos (tracked by --tracker)")
-    parser.add_argument("--tracker", default="pipelines.track:track_video",
-                        help="MODULE:FUNCTION turning a video path into a Motion (default: the face tracker)")  # fmt: skip
-    parser.add_argument(
-        "--out", type=Path, required=True, help="weights to write (.safetensors; a .json goes beside)"
-    )
-    parser.add_argument("--checkpoint", type=Path,
-                        help="where to keep the resumable checkpoint (default: OUT.checkpoint.safetensors)")  # fmt: skip
-    parser.add_argument("--relabel", action="store_true",
-                        help="recompute corpus motion with the current teacher from the stored phones")  # fmt: skip
-    parser.add_argument(
-        "--resume", type=Path, help="checkpoint to continue from (OUT.checkpoint.safetensors)"
-    )
-    parser.add_argument("--init", type=Path,
-                        help="weights to fine-tune (.safetensors + .json, e.g. the shipped model); "
-                             "keeps their architecture, ignores --width/--depth")  # fmt: skip
-    defaults = TrainConfig()
-    parser.add_argument("--steps", type=int, default=defaults.steps, help="optimiser steps")
-    parser.add_argument(
-        "--minutes", type=float, default=defaults.minutes, help="wall-clock budget of the loop"
-    )
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="windows per batch")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate")
-    parser.add_argument("--width", type=int, default=defaults.model.width, help="transformer width")
-    parser.add_argument("--depth", type=int, default=defaults.model.depth, help="transformer blocks")
-    parser.add_argument("--threads", type=int, default=defaults.threads, help="CPU threads for torch")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed")
-    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"),
-                        help="training runs on the CPU (the model is small); cuda is not used yet")  # fmt: skip
-    args = parser.parse_args(argv)
-    checkpoint = args.checkpoint or args.out.with_name(args.out.stem + ".checkpoint.safetensors")
+    add_config_arguments(parser, TrainCommand, only=DATA_FLAGS)
+    add_config_arguments(parser, TrainCommand, skip=(*DATA_FLAGS, *TRAINING_ONLY))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    command = config_from_args(TrainCommand, build_parser().parse_args(argv))
+    checkpoint = command.checkpoint or command.out.with_name(command.out.stem + ".checkpoint.safetensors")
     return run_cli(
-        lambda: _run(args, checkpoint),
-        interrupted=f"interrupted; {args.out} was not written (a run stopped after a checkpoint "
+        lambda: _run(command, checkpoint),
+        interrupted=f"interrupted; {command.out} was not written (a run stopped after a checkpoint "
         f"continues with --resume {checkpoint})",
     )
 
@@ -426,47 +454,46 @@ def check_train_config(config: TrainConfig) -> None:
         )
 
 
-def _run(args: argparse.Namespace, checkpoint: Path) -> int:
-    if not (args.corpus or args.pairs or args.videos):
+def _run(command: TrainCommand, checkpoint: Path) -> int:
+    if not (command.corpus or command.pairs or command.videos):
         raise HeadsplatError("give training data: --corpus, --pairs and/or --videos")
-    if args.init and args.resume:
+    if command.init and command.resume:
         raise HeadsplatError("give --init or --resume, not both")
-    if args.out.suffix != ".safetensors":
+    if command.out.suffix != ".safetensors":
         raise HeadsplatError("--out must end in .safetensors")
-    config = TrainConfig(
-        steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr, threads=args.threads,
-        seed=args.seed, model=MotionModelConfig(width=args.width, depth=args.depth),
-    )  # fmt: skip
+    config = command.train_config
     check_train_config(config)
     # The outputs (weights, their .json, the checkpoint) before the data is read: none may be an input.
     # The checkpoint may be the one resumed from: it is rewritten as training goes on.
-    inputs = [args.corpus, args.pairs, args.videos, args.init, args.resume]
-    check_output(args.out, inputs, "output")
-    check_output(args.out.with_suffix(".json"), inputs, "output's .json")
+    inputs = [command.corpus, command.pairs, command.videos, command.init, command.resume]
+    check_output(command.out, inputs, "output")
+    check_output(command.out.with_suffix(".json"), inputs, "output's .json")
     check_output(checkpoint, inputs[:4], "checkpoint")
-    if os.path.realpath(checkpoint) == os.path.realpath(args.out):
-        raise HeadsplatError(f"--checkpoint must be another file than --out ({args.out})")
+    if os.path.realpath(checkpoint) == os.path.realpath(command.out):
+        raise HeadsplatError(f"--checkpoint must be another file than --out ({command.out})")
     torch.set_num_threads(config.threads)
     init = None
-    if args.init:  # before the data: a bad path fails at once
+    if command.init:  # before the data: a bad path fails at once
         from pipelines.audio_to_motion import load_model
 
-        init = load_model(args.init).train()
+        init = load_model(command.init).train()
     train_clips, eval_clips = [], []
-    if args.corpus:
-        t, h = corpus_clips(args.corpus, config.fps, relabel=args.relabel)
+    if command.corpus:
+        t, h = corpus_clips(command.corpus, config.fps, relabel=command.relabel)
         train_clips += t
         eval_clips += h
-    if args.pairs:
-        train_clips += paired_clips(args.pairs, config.fps)
-    if args.videos:
-        train_clips += video_clips(args.videos, resolve_tracker(args.tracker), config.fps)
-    net, meta = train(train_clips, config, eval_clips, checkpoint=checkpoint, resume=args.resume, init=init)
-    meta["data"] = {"init": str(args.init) if args.init else None,
-                    "corpus": str(args.corpus) if args.corpus else None,
-                    "pairs": str(args.pairs) if args.pairs else None,
-                    "videos": str(args.videos) if args.videos else None}  # fmt: skip
-    save_weights(net, args.out, meta)
+    if command.pairs:
+        train_clips += paired_clips(command.pairs, config.fps)
+    if command.videos:
+        train_clips += video_clips(command.videos, resolve_tracker(command.tracker), config.fps)
+    net, meta = train(
+        train_clips, config, eval_clips, checkpoint=checkpoint, resume=command.resume, init=init
+    )
+    meta["data"] = {"init": str(command.init) if command.init else None,
+                    "corpus": str(command.corpus) if command.corpus else None,
+                    "pairs": str(command.pairs) if command.pairs else None,
+                    "videos": str(command.videos) if command.videos else None}  # fmt: skip
+    save_weights(net, command.out, meta)
     print(json.dumps(meta["summary"]))
     return 0
 
