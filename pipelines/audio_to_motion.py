@@ -43,7 +43,8 @@ from models.motion_diffusion import (
 )
 from models.visemes import EMOTIONS, teacher_motion
 from pipelines.cli import check_output, run_cli
-from pipelines.config_cli import config_from_args
+from pipelines.config_cli import add_config_arguments, config_from_args, flag
+from pipelines.device import DEVICES
 from pipelines.files import require_file
 from pipelines.motion_io import MOTION_SUFFIXES
 
@@ -225,42 +226,52 @@ def teacher_from_audio(audio: np.ndarray, transcript: str | None, controls: Gene
     )
 
 
+@dataclasses.dataclass
+class AudioToMotionCommand(GenerationControls):
+    """The motion controls plus the files and rate of `python -m pipelines.audio_to_motion`; each field is
+    one of its flags but `voice_gate` (always on)."""
+
+    audio: str = dataclasses.field(kw_only=True)
+    """Speech: wav/mp3/m4a/flac/ogg or a video's audio track."""
+    out: str = dataclasses.field(kw_only=True)
+    """Motion file to write: .npz, .json or Live Link Face .csv."""
+    weights: str | None = dataclasses.field(
+        default=None, metadata=flag(default_help="the shipped one in weights/")
+    )
+    """Motion model .safetensors."""
+    fps: float = dataclasses.field(
+        default=25.0, metadata=flag(default_help=f"25, from {MIN_FPS:g} to {MAX_FPS:g}")
+    )
+    """Frame rate of the motion."""
+    transcript: str | None = None
+    """Text of the speech (teacher only: forced alignment)."""
+    device: str = dataclasses.field(default="cpu", metadata=flag(choices=DEVICES))
+    """Accepted for a uniform CLI: the model is small and CPU-fast, generation always runs on the CPU."""
+    # models/ knows nothing of the command line: the flags of two motion controls are completed here.
+    steps: int = dataclasses.field(
+        default=GenerationControls.steps,
+        metadata=flag(default_help=f"{GenerationControls.steps}; at most {MAX_STEPS}"),
+    )
+    emotion: str = dataclasses.field(default=GenerationControls.emotion, metadata=flag(choices=EMOTIONS))
+
+    @property
+    def controls(self) -> GenerationControls:
+        """The motion controls alone."""
+        return GenerationControls(
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(GenerationControls)}
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of `python -m pipelines.audio_to_motion`: every flag is a field of AudioToMotionCommand."""
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.audio_to_motion", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument(
-        "--audio", required=True, help="speech: wav/mp3/m4a/flac/ogg or a video's audio track"
-    )
-    parser.add_argument(
-        "--out", required=True, help="motion file to write: .npz, .json or Live Link Face .csv"
-    )
-    parser.add_argument(
-        "--weights", default=None, help="motion model .safetensors (default: weights/ shipped one)"
-    )
-    parser.add_argument(
-        "--fps", type=float, default=25.0, help=f"output frame rate ({MIN_FPS:g}-{MAX_FPS:g})"
-    )
-    parser.add_argument(
-        "--steps", type=int, default=3, help=f"sampler steps (1-{MAX_STEPS}); 0 = rule-based teacher only"
-    )
-    parser.add_argument(
-        "--guidance", type=float, default=1.0, help="classifier-free guidance on audio (0 = off)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="changes head motion and blinks, not the lips")
-    parser.add_argument("--emotion", default="neutral", choices=EMOTIONS, help="facial emotion")
-    parser.add_argument("--emotion-strength", type=float, default=0.8, help="0-1 strength of --emotion")
-    parser.add_argument("--expression-scale", type=float, default=1.0, help="multiply expression weights")
-    parser.add_argument("--pose-scale", type=float, default=1.0, help="multiply head rotation/translation")
-    parser.add_argument(
-        "--blink-rate", type=float, default=1.0, help="blink frequency multiplier (1 ≈ 17/min)"
-    )
-    parser.add_argument("--still", action="store_true", help="keep the head still and the gaze centred")
-    parser.add_argument(
-        "--transcript", default=None, help="text of the speech (teacher only: forced alignment)"
-    )
-    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"),
-                        help="the model is small and CPU-fast; generation always runs on the CPU")  # fmt: skip
+    files = ("audio", "out", "weights", "fps")
+    last = ("transcript", "device")
+    add_config_arguments(parser, AudioToMotionCommand, only=files)
+    add_config_arguments(parser, AudioToMotionCommand, skip=(*files, *last, "voice_gate"))
+    add_config_arguments(parser, AudioToMotionCommand, only=last)
     return parser
 
 
@@ -277,13 +288,13 @@ def check_fps(fps: float) -> float:
     return fps
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: AudioToMotionCommand) -> int:
     from pipelines.audio_io import load_audio
     from pipelines.motion_io import save_motion
 
     # Every check of the flags and the output before the audio is decoded or the model loaded.
     check_fps(args.fps)
-    controls = config_from_args(GenerationControls, args)
+    controls = args.controls
     check_controls(controls)
     out = check_output(args.out, [args.audio, args.weights], "motion file")
     if out.suffix.lower() not in MOTION_SUFFIXES:
@@ -299,7 +310,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = config_from_args(AudioToMotionCommand, build_parser().parse_args(argv))
     # The 1.2M-parameter model multiplies small matrices, where extra threads mostly wait on each other.
     # On a 2-core machine, assets/defaults/speech.wav (6.7 s) took 1.10-1.16 s to generate with one
     # torch thread and 1.19-1.23 s with two, up to 2.3 s with two while other work ran; with every core
