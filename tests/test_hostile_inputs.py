@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import wave
 from pathlib import Path
 
@@ -236,10 +237,10 @@ def test_sigterm_to_a_running_talk_leaves_no_partial_files(tmp_path):
         [sys.executable, "-m", "pipelines.talk", "-o", str(out / "t.mp4"), "--size", "128", "--quiet"],
         cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    try:
-        proc.wait(timeout=25)  # still running after 25 s: rendering
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and not list(out.glob(".t.*.mp4")):
+        time.sleep(0.02)  # until the encoder's hidden temporary output exists: frames are being written
+    proc.send_signal(signal.SIGTERM)
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode == EXIT_TERMINATED, err
     assert list(out.iterdir()) == []
