@@ -511,6 +511,8 @@ def test_a_new_run_removes_the_temporary_files_a_killed_run_left(tmp_path):
         out / ".results.abcdefgh.jsonl",
         out / ".tmp" / "item-abc" / "speech.wav",
         out / "head3d" / ".head.ply.abcdefgh.tmp",
+        out / "head3d" / ".head.abcdefgh.ply",
+        out / "head3d" / ".avatar3d-abcdefgh" / "head.ply",  # Avatar3D's staging folder
         out / ".cache" / "avatars" / f".{'0' * 24}.abcdefgh.safetensors",
     ]
     kept = [
@@ -529,6 +531,7 @@ def test_a_new_run_removes_the_temporary_files_a_killed_run_left(tmp_path):
     ]
     assert main([str(_write_jsonl(tmp_path / "m.jsonl", rows)), "-o", str(out), "--quiet"]) == 1
     assert [p for p in stale if p.exists()] == [] and not (out / ".tmp").exists()
+    assert not (out / "head3d" / ".avatar3d-abcdefgh").exists()
     assert all(p.exists() for p in kept)
     assert all("seconds" in row for row in _results(out).values())
 

@@ -1,8 +1,9 @@
 """Where an item may write, and removing what a stopped item (or a killed run) left in the output folder.
 
 An item writes only inside the output folder and never over one of its own inputs. Its writers make a
-hidden temporary file beside each output and rename it when done (`pipelines.files.atomic_output`, the
-.ply/.splat writer); a writer that is killed leaves that file, which is removed here by its name. Nothing
+hidden temporary file beside each output and rename it when done (`pipelines.files.atomic_output`), and
+Avatar3D makes its files in a hidden staging folder; a writer that is killed leaves those, which are
+removed here by their names. Nothing
 outside the output folder's real path is ever touched, whatever links it holds.
 """
 
@@ -21,6 +22,8 @@ from pipelines.batch.manifest import PIPELINES, RESULTS_NAME, TEXT_INPUTS, TMP_N
 #: A temporary file beside an output: `.STEM.XXXXXXXX.SUFFIX` (pipelines.files.atomic_output) or
 #: `.NAME.XXXXXXXX.tmp` (the .ply/.splat writer); the middle is tempfile's random part.
 _TEMP_NAME = re.compile(r"\.(?P<stem>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]+)")
+#: Avatar3D's staging folder inside its output folder (its files move out of it when all are done).
+_STAGING_NAME = re.compile(r"\.avatar3d-[a-z0-9_]{8}")
 #: A built avatar in the batch's own cache (pipelines.talk names them by a 24-digit hash).
 _CACHE_ENTRY = re.compile(r"[0-9a-f]{24}\.safetensors")
 
@@ -103,7 +106,21 @@ def remove_leftovers(out: Path, items: Iterable[BatchItem], results: bool = Fals
     removed = []
     for folder, names in by_folder.items():
         removed += _remove_temp_files(folder, root, names.__contains__)
+        removed += _remove_staging(folder, root)
     return removed
+
+
+def _remove_staging(folder: Path, root: Path) -> list[Path]:
+    """Remove the Avatar3D staging folders a killed item left in `folder` (never outside `root`)."""
+    if not _real(folder).is_relative_to(root):
+        return []
+    try:
+        entries = [e for e in os.scandir(folder) if _STAGING_NAME.fullmatch(e.name)]
+    except OSError:
+        return []
+    for entry in entries:
+        remove_tree(Path(entry.path))
+    return [Path(e.path) for e in entries]
 
 
 def remove_cache_leftovers(cache: Path, out: Path) -> list[Path]:
