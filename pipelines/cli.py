@@ -38,6 +38,18 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"warning: {message}", file=sys.stderr if file is None else file)
 
 
+def _interrupt_behind(err: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM that caused `err` (through __cause__/__context__), if one did."""
+    seen: set[int] = set()
+    link: BaseException | None = err
+    while link is not None and id(link) not in seen:
+        if isinstance(link, KeyboardInterrupt):
+            return link
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return None
+
+
 def os_error_message(err: OSError) -> str:
     """One line for an OSError a user can cause (full disk, read-only folder, a directory named as output)."""
     reason = err.strerror or str(err) or type(err).__name__
@@ -69,6 +81,14 @@ def run_cli(body: Callable[[], int | None], interrupted: str = "interrupted; not
     except KeyboardInterrupt as err:
         print(interrupted, file=sys.stderr)
         return EXIT_TERMINATED if isinstance(err, Terminated) else EXIT_INTERRUPTED
+    except Exception as err:
+        # A signal that lands inside a native call (a numba kernel's dispatcher) comes back wrapped:
+        # "SystemError: ... returned a result with an exception set", caused by the interrupt.
+        cause = _interrupt_behind(err)
+        if cause is None:
+            raise
+        print(interrupted, file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(cause, Terminated) else EXIT_INTERRUPTED
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -461,3 +461,24 @@ def test_an_unwritable_avatar_cache_warns_and_talk_goes_on(tmp_path):
     with pytest.warns(UserWarning, match="avatar cache was not written"):
         photo, avatar = talk.prepare_avatar(cfg)
     assert photo.ndim == 3 and avatar.camera.width == 64
+
+
+def test_an_interrupt_wrapped_by_native_code_is_still_an_interrupt(capsys):
+    from pipelines.cli import Terminated
+
+    def body():  # what numba's dispatcher raises when SIGTERM's handler fires inside it
+        try:
+            raise Terminated()
+        except Terminated as err:
+            raise SystemError(
+                "CPUDispatcher(<function _bin>) returned a result with an exception set"
+            ) from err
+
+    assert run_cli(body, interrupted="interrupted; nothing was written") == EXIT_TERMINATED
+    assert capsys.readouterr().err == "interrupted; nothing was written\n"
+
+    def unrelated():
+        raise SystemError("a real bug")
+
+    with pytest.raises(SystemError):
+        run_cli(unrelated)
