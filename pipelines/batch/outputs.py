@@ -19,8 +19,8 @@ from pathlib import Path
 from models.errors import HeadsplatError
 from pipelines.batch.manifest import PIPELINES, RESULTS_NAME, TEXT_INPUTS, TMP_NAME, BatchItem, written_files
 
-#: A temporary file beside an output: `.STEM.XXXXXXXX.SUFFIX` (pipelines.files.atomic_output) or
-#: `.NAME.XXXXXXXX.tmp` (the .ply/.splat writer); the middle is tempfile's random part.
+#: A temporary file beside an output: `.STEM.<8 random characters>.SUFFIX` (pipelines.files.atomic_output;
+#: the older `.NAME.<8>.tmp` form is still recognised); the middle part is tempfile's random name.
 _TEMP_NAME = re.compile(r"\.(?P<stem>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]+)")
 #: Avatar3D's staging folder inside its output folder (its files move out of it when all are done).
 _STAGING_NAME = re.compile(r"\.avatar3d-[a-z0-9_]{8}")

@@ -12,6 +12,7 @@ FluxPipeline.__call__) step by step, so head guidance at w = 0 reproduces the st
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,8 +69,8 @@ class Plan:
     embedded_guidance: float | None = None  # FLUX.1-dev's distilled guidance; None for SD3 and schnell
 
 
-class Family:
-    """The pieces of one model family that the shared loop calls."""
+class Family(abc.ABC):
+    """The pieces of one model family that the shared loop calls (SD3 and Flux fill in the abstract ones)."""
 
     name: str
     defaults: dict
@@ -83,9 +84,9 @@ class Family:
         self.pipe = pipe
 
     @property
+    @abc.abstractmethod
     def size_multiple(self) -> int:
         """Image sides must be multiples of this many pixels: the VAE's downsampling times the latent patch."""
-        raise NotImplementedError
 
     def check_inputs(self, request: Request) -> None:
         """The stock pipeline's input checks, their first line as a user error."""
@@ -101,18 +102,19 @@ class Family:
         except ValueError as err:
             raise HeadsplatError(str(err).splitlines()[0]) from err
 
+    @abc.abstractmethod
     def _stock_check_inputs(self, prompt, height: int, width: int, **kwargs) -> None:
-        raise NotImplementedError
+        """The stock diffusers pipeline's own check_inputs."""
 
+    @abc.abstractmethod
     def plan(self, request: Request) -> Plan:
         """Encode the prompts, prepare the latents and the timesteps, as the stock pipeline does."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def forward(
         self, plan: Plan, model_input: torch.Tensor, t: torch.Tensor, conditions: list[TextConditioning]
     ) -> torch.Tensor:
         """One transformer call: model_input holds one copy of the latents per entry of `conditions`."""
-        raise NotImplementedError
 
     def unpack(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """The denoised latents as the VAE reads them, [B, C, h, w]."""
