@@ -145,7 +145,7 @@ def render_rgb(gaussians: Gaussians, camera: Camera, background, backend: str) -
 
 def _check(cfg: Avatar3DConfig) -> Path:
     """The output folder, after the checks every Avatar3D run makes before any work."""
-    from pipelines.cli import check_writable_folder
+    from pipelines.cli import check_writable_folder, same_file
 
     cfg.check()
     out = Path(cfg.output)
@@ -157,8 +157,7 @@ def _check(cfg: Avatar3DConfig) -> Path:
         [] if cfg.avatar else ["avatar.safetensors"]
     )
     for name in names:
-        target = os.path.realpath(out / name)
-        if any(os.path.realpath(p) == target for p in inputs):
+        if any(same_file(p, out / name) for p in inputs):
             raise HeadsplatError(f"{out / name} would overwrite an input; choose another output folder")
     return out
 

@@ -94,11 +94,15 @@ def run_cli(body: Callable[[], int | None], interrupted: str = "interrupted; not
             signal.signal(signal.SIGTERM, previous)
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether `a` and `b` name one file: the same real path (through links, `./`), or, when both exist,
+    the same file under another name (a hard link, another mount). A missing `b` can still be `a`."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
     try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
+        return os.path.samefile(a, b)
     except OSError:
-        return False
+        return False  # one of them does not exist (yet)
 
 
 def check_output(
@@ -111,12 +115,10 @@ def check_output(
     /proc, a full quota), which is tried by creating and removing an empty temporary file there.
     """
     path = Path(path)
-    target = Path(os.path.realpath(path))
     for source in inputs:
         if source is None or str(source) == "":
             continue
-        source = Path(source)
-        if Path(os.path.realpath(source)) == target or _same_file(source, path):
+        if same_file(source, path):
             raise HeadsplatError(f"the {what} {path} is also an input; write it somewhere else")
     if path.is_dir():
         raise HeadsplatError(f"the {what} {path} is a folder; give a file name")

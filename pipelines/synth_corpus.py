@@ -35,6 +35,7 @@ from models.audio import (
 from models.errors import HeadsplatError
 from models.visemes import EMOTIONS, teacher_motion
 from pipelines.audio_io import load_audio, save_wav
+from pipelines.audio_to_motion import MAX_FPS, MIN_FPS
 from pipelines.cli import check_writable_folder, run_cli
 from pipelines.config_cli import add_config_arguments, config_from_args, flag
 from pipelines.device import DEVICES
@@ -273,8 +274,6 @@ class CorpusCommand(CorpusConfig):
 
 #: Clip names are five digits (00000-99999).
 MAX_CLIPS = 100_000
-#: Motion frame rates a corpus may have (as pipelines.audio_to_motion's).
-MIN_FPS, MAX_FPS = 1.0, 120.0
 #: Range of the vocal-tract-length perturbation factor (>1: higher pitch and formants, faster).
 VOICE_SHIFT = (0.88, 1.25)
 

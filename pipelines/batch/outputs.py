@@ -18,6 +18,7 @@ from pathlib import Path
 
 from models.errors import HeadsplatError
 from pipelines.batch.manifest import PIPELINES, RESULTS_NAME, TEXT_INPUTS, TMP_NAME, BatchItem, written_files
+from pipelines.cli import same_file
 
 #: A temporary file beside an output: `.STEM.<8 random characters>.SUFFIX` (pipelines.files.atomic_output;
 #: the older `.NAME.<8>.tmp` form is still recognised); the middle part is tempfile's random name.
@@ -30,15 +31,6 @@ _CACHE_ENTRY = re.compile(r"[0-9a-f]{24}\.safetensors")
 
 def _real(path: str | os.PathLike) -> Path:
     return Path(os.path.realpath(path))
-
-
-def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        return os.path.samefile(a, b)  # a hard link, or the same file seen through another mount
-    except OSError:
-        return False  # one of them does not exist (yet)
 
 
 def check_item_output(item: BatchItem, out: Path) -> None:
@@ -58,7 +50,7 @@ def check_item_output(item: BatchItem, out: Path) -> None:
             )
     for name in written_files(item):
         for key, value in item.inputs.items():
-            if key not in TEXT_INPUTS and _same_file(out / name, value):
+            if key not in TEXT_INPUTS and same_file(out / name, value):
                 raise HeadsplatError(
                     f"output {item.output!r} would overwrite its {key} input {value}; write it under another name"
                 )
