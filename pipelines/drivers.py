@@ -133,9 +133,9 @@ def speak(text: str, out_wav: Path) -> Path:
     from pipelines.tts import no_sound_server_env
 
     check_text(text)
-    text_file = out_wav.with_suffix(".txt")
-    text_file.write_text(text, encoding="utf-8")
     if shutil.which("espeak-ng"):
+        text_file = out_wav.with_suffix(".txt")
+        text_file.write_text(text, encoding="utf-8")
         cmd = ["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(out_wav), "-f", str(text_file)]
     elif shutil.which("flite"):
         cmd = ["flite", "-voice", "slt", "-t", text, "-o", str(out_wav)]  # -t: the next argument is the text
