@@ -45,7 +45,7 @@ def binding_layout(count: str) -> tuple:
     """The `avatar_arrays` layout rows of a MeshBinding of `count` Gaussians, as `state_tensors` stores it."""
     return (
         ("binding.triangle", "index", (count,), "T"),
-        ("binding.barycentric", "float", (count, 3), "unit"),
+        ("binding.barycentric", "float", (count, 3), "barycentric"),
         ("binding.offset", "float", (count,), None),
         ("binding.rotation", "float", (count, 4), "quat"),
         ("binding.scale", "float", (count, 3), "scale"),
@@ -70,11 +70,16 @@ MAX_AVATAR_IMAGE_SIDE = 4096
 #: Largest magnitude of any stored number without a tighter range (cm, radians, triangle sizes, photo
 #: pixels): far beyond any real head or photo, small enough that posing and projecting stay finite.
 MAX_AVATAR_VALUE = 1e5
+#: Largest barycentric weight of a stored binding.
+MAX_BARYCENTRIC = 1000.0
 #: Value ranges of `FILE_LAYOUT` rows: (low, high, how the message says it). "unit" allows float noise.
 _AVATAR_RANGES = {
     None: (-MAX_AVATAR_VALUE, MAX_AVATAR_VALUE, f"[-{MAX_AVATAR_VALUE:g}, {MAX_AVATAR_VALUE:g}]"),
     "unit": (-1e-4, 1.0 + 1e-4, "[0, 1]"),
     "scale": (0.0, MAX_AVATAR_VALUE, f"[0, {MAX_AVATAR_VALUE:g}]"),
+    # Points bound off their triangle (the photo's teeth, ICT's lowered upper row) have barycentrics
+    # outside [0, 1], a few triangle sizes away at most.
+    "barycentric": (-MAX_BARYCENTRIC, MAX_BARYCENTRIC, f"[-{MAX_BARYCENTRIC:g}, {MAX_BARYCENTRIC:g}]"),
 }
 
 
@@ -153,6 +158,14 @@ def meta_count(meta: dict, key: str, default: int = 0) -> int:
     value = meta.get(key, default)
     if not _is_int(value) or value < 0:
         raise avatar_damaged(f"{key} must be a whole number >= 0, not {_short(value)}")
+    return value
+
+
+def meta_flag(meta: dict, key: str, default: bool = False) -> bool:
+    """The metadata's true/false under `key` (`default` when absent), checked."""
+    value = meta.get(key, default)
+    if not isinstance(value, bool):
+        raise avatar_damaged(f"{key} must be true or false, not {_short(value)}")
     return value
 
 

@@ -40,6 +40,7 @@ from models.avatar_state import (
     binding_layout,
     check_kind,
     meta_count,
+    meta_flag,
     meta_number,
     state_meta,
     state_tensors,
@@ -47,7 +48,8 @@ from models.avatar_state import (
 from models.head_model import HeadModel
 from models.latent import NUM_EXPRESSIONS, Identity, Motion
 from models.mesh_binding import MeshBinding
-from models.mouth_interior import mouth_interior
+from models.mouth_interior import MouthInterior, mouth_interior
+from models.mouth_rest import check_silent_mouth, silent_expression
 from models.photo_view import (
     check_portrait,
     crop_image,
@@ -59,12 +61,15 @@ from models.photo_view import (
 from models.portrait_build import (
     AUTO_CROP_MAX,
     auto_crop_size,
+    bind_mouth_pixels,
     bind_pixels,
     hidden_fill,
     inpainted_background,
-    photo_light,
+    mouth_palette,
+    photo_mouth,
     refine_colours,
     rigid_band,
+    skin_colour,
     triangle_labels,
 )
 from models.transforms import euler_to_matrix, matrix_to_quaternion, quaternion_multiply
@@ -104,6 +109,9 @@ class PortraitAvatarConfig:
     """Neck heights (y, cm, rest mesh) between which the head pose fades out towards the body."""
     colour_refinement_steps: int = 3
     """Render-and-correct passes that sharpen pixel colours so the neutral render matches the photo."""
+    teeth_gaussians: int | None = None
+    """Gaussians tiling ICT's 32 teeth; None: 12,000 at a 512-pixel crop, scaled with the crop's area
+    (about one per pixel of the front teeth)."""
 
 
 @dataclass
@@ -132,6 +140,25 @@ class PortraitAvatar:
     moving_mask: np.ndarray  # [S, S] float32, 1 where the avatar's Gaussians may draw
     num_mouth: int = 0  # the last num_mouth bound Gaussians are the mouth interior
     lip_gap_cm: float = 0.0  # inner-lip gaps above this mean the lips are parted
+    mouth_darkening: Tensor | None = None  # [num_mouth] how much each mouth Gaussian darkens, jaw wide open
+    photo_mouth_open: bool = False  # the photo caught the mouth open (see models.mouth_rest)
+    silent_mouth: str = "auto"  # how the mouth rests in silence (models.mouth_rest.SILENT_MOUTHS)
+
+    def __post_init__(self) -> None:
+        check_silent_mouth(self.silent_mouth)
+        if self.mouth_darkening is None:
+            self.mouth_darkening = torch.zeros(self.num_mouth, device=self.bound_colors.device)
+
+    @property
+    def silent_expression(self) -> Tensor:
+        """The expression [1, 53] the face rests in, which motion frames are added to: the photo's own, or
+        with its lips closed (`silent_mouth`, see models.mouth_rest)."""
+        return silent_expression(self.rest_expression, self.silent_mouth, self.photo_mouth_open)
+
+    def photo_offset(self) -> Tensor:
+        """The expression [53] that, added to a frame, gives back the photo's own face (zero unless the
+        mouth rests closed where the photo's was open); Talk eases from it into the motion."""
+        return (self.rest_expression - self.silent_expression)[0]
 
     # ------------------------------------------------------------------------------------------
     def head_pose(self, rotation: Tensor, translation: Tensor) -> tuple[Tensor, Tensor]:
@@ -154,7 +181,7 @@ class PortraitAvatar:
         this is its torch twin.
         """
         head = self.head
-        centred = head.shape(self.identity, (self.rest_expression + expression).clamp(0, 1)) - head.pivot
+        centred = head.shape(self.identity, (self.silent_expression + expression).clamp(0, 1)) - head.pivot
         turn, shift = self.head_pose(rotation, translation)
         moved = centred @ turn.transpose(-1, -2) + head.pivot + shift[:, None, :]
         still = centred @ euler_to_matrix(self.rest_rotation).transpose(-1, -2) + head.pivot
@@ -163,9 +190,9 @@ class PortraitAvatar:
         return w * moved + (1 - w) * (still + self.rest_translation[:, None, :])
 
     def rest_mesh(self) -> Tensor:
-        """The fitted mesh [V, 3] as it sits in the photo."""
+        """The fitted mesh [V, 3] as it sits in the photo (its own expression, whatever the silent mouth)."""
         zero = torch.zeros(1, 3)
-        return self.mesh(torch.zeros(1, NUM_EXPRESSIONS), zero, zero)[0]
+        return self.mesh(self.photo_offset()[None], zero, zero)[0]
 
     def rigid_transform(self, rotation: Tensor, translation: Tensor) -> tuple[Tensor, Tensor]:
         """World rotation [B, 3, 3] and translation [B, 3] taking the rest head to the moved head."""
@@ -198,7 +225,8 @@ class PortraitAvatar:
         vertices = self.mesh(expression[None], rotation[None], translation[None])[0]
         means, quats, scales = self.binding.pose(vertices, self.head.triangles)
         face = len(self.binding) - self.num_mouth
-        keep = len(self.binding) if self.lips_apart(vertices) else face
+        gap = float(lip_gaps(vertices, self.head).max())
+        keep = len(self.binding) if gap > self.lip_gap_cm else face
         rot, shift = self.rigid_transform(rotation[None], translation[None])
         w = self.rigid_weights[:, None]
         moved = self.rigid_means @ rot[0].T + shift[0]
@@ -212,8 +240,13 @@ class PortraitAvatar:
             torch.cat([quats[:face], r_quats, quats[face:keep]]),
             torch.cat([scales[:face], self.rigid_scales, scales[face:keep]]),
             torch.cat([self.bound_opacities[:face], ones, self.bound_opacities[face:keep]]),
-            torch.cat([self.bound_colors[:face], self.rigid_colors, self.bound_colors[face:keep]]),
+            torch.cat([self.bound_colors[:face], self.rigid_colors, self._mouth_colors(gap)[: keep - face]]),
         )
+
+    def _mouth_colors(self, gap_cm: float) -> Tensor:
+        """The mouth interior's colours [num_mouth, 3] for lips `gap_cm` apart (see MouthInterior.shade)."""
+        base = self.bound_colors[len(self.binding) - self.num_mouth :]
+        return MouthInterior(self.binding, base, self.mouth_darkening).shade(gap_cm)
 
     def _cpu_constants(self) -> dict:
         """Per-avatar arrays for `_gaussians_cpu`, made on first use (the avatar is not changed after build)."""
@@ -263,7 +296,7 @@ class PortraitAvatar:
         from models._avatar_kernels import posed_mesh, rigid_band
 
         c = self._cpu_constants()
-        weights = (self.rest_expression[0] + expression.float()).clamp(0, 1).numpy()
+        weights = (self.silent_expression[0] + expression.float()).clamp(0, 1).numpy()
         turn = euler_to_matrix(rotation.float()[None])[0].numpy()
         vertices = np.empty_like(c["id_shape"])
         with PARALLEL_LOCK:
@@ -271,7 +304,8 @@ class PortraitAvatar:
                 c["id_shape"], c["basis"], weights, c["vertex_w"], turn, c["rest_rot"], c["pivot"],
                 c["rest_t"], translation.float().numpy(), vertices,
             )  # fmt: skip
-        lips_apart = self.lips_apart(torch.from_numpy(vertices))
+        gap = float(lip_gaps(torch.from_numpy(vertices), self.head).max())
+        lips_apart = gap > self.lip_gap_cm
         face, nr = len(self.binding) - self.num_mouth, len(c["rigid_means"])
         n = face + nr + (self.num_mouth if lips_apart else 0)
         means = np.empty((n, 3), np.float32)
@@ -288,9 +322,12 @@ class PortraitAvatar:
                 matrix_to_quaternion(rot[0]).numpy(), means[face : face + nr], quats[face : face + nr],
             )  # fmt: skip
         scales[face : face + nr] = c["rigid_scales"]
+        colors = c["colors"][:n]
+        if lips_apart and self.num_mouth:  # the open mouth's depths darken with the jaw
+            colors = torch.cat([colors[: face + nr], self._mouth_colors(gap)])
         return Gaussians.unchecked(
             torch.from_numpy(means), torch.from_numpy(quats), torch.from_numpy(scales),
-            c["opacities"][:n], c["colors"][:n],
+            c["opacities"][:n], colors,
         )  # fmt: skip
 
     def lips_apart(self, vertices: Tensor) -> bool:
@@ -328,12 +365,15 @@ class PortraitAvatar:
         tensors, meta = self.state()
         moved = {k: v.to(device) for k, v in tensors.items() if k not in ("background", "moving_mask")}
         moved["background"], moved["moving_mask"] = tensors["background"], tensors["moving_mask"]
-        return PortraitAvatar.from_state(moved, meta, self.head.to(device))
+        avatar = PortraitAvatar.from_state(moved, meta, self.head.to(device))
+        avatar.silent_mouth = self.silent_mouth
+        return avatar
 
     # ------------------------------------------------------------------------------------------
     _TENSORS = (
         "identity", "rest_expression", "rest_rotation", "rest_translation", "bound_colors", "bound_opacities",
         "rigid_means", "rigid_quats", "rigid_scales", "rigid_colors", "rigid_weights", "vertex_weights",
+        "mouth_darkening",
     )  # fmt: skip
     KIND = "headsplat.portrait_avatar"
 
@@ -345,6 +385,7 @@ class PortraitAvatar:
         meta = state_meta(
             self.KIND, self.head, "camera", self.camera,
             crop_box=[float(v) for v in self.crop_box], num_mouth=self.num_mouth, lip_gap_cm=self.lip_gap_cm,
+            photo_mouth_open=self.photo_mouth_open,
         )  # fmt: skip
         return tensors, meta
 
@@ -361,6 +402,7 @@ class PortraitAvatar:
         ("rigid_colors", "float", ("Nr", 3), "unit"),
         ("rigid_weights", "float", ("Nr",), "unit"),
         ("vertex_weights", "float", ("V",), "unit"),
+        ("mouth_darkening", "float", ("Nm",), "unit"),
         ("identity", "float", (1, "K"), None),
         ("rest_expression", "float", (1, NUM_EXPRESSIONS), "unit"),
         ("rest_rotation", "float", (1, 3), None),
@@ -378,16 +420,20 @@ class PortraitAvatar:
         crop_box = avatar_crop_box(meta)
         num_mouth = meta_count(meta, "num_mouth")
         lip_gap_cm = meta_number(meta, "lip_gap_cm")
+        photo_mouth_open = meta_flag(meta, "photo_mouth_open")
         sizes = {"H": (camera.height, "camera.height"), "W": (camera.width, "camera.width")}
         arrays, sizes = avatar_arrays(tensors, cls.FILE_LAYOUT, head, sizes)
         if num_mouth > sizes["Nb"]:
             raise avatar_damaged(f"num_mouth is {num_mouth}, more than the {sizes['Nb']} bound Gaussians")
+        if sizes["Nm"] != num_mouth:
+            raise avatar_damaged(f"mouth_darkening has {sizes['Nm']} values for {num_mouth} mouth Gaussians")
         return cls(
             head=head,
             camera=camera,
             crop_box=crop_box,
             num_mouth=num_mouth,
             lip_gap_cm=lip_gap_cm,
+            photo_mouth_open=photo_mouth_open,
             binding=binding_from_arrays(arrays),
             background=arrays.pop("background").cpu().numpy(),
             moving_mask=arrays.pop("moving_mask").cpu().numpy(),
@@ -420,11 +466,20 @@ def build_portrait_avatar(
     labels = triangle_labels(head)
     pixels = bind_pixels(head, fit.posed, camera, crop, labels, cfg.pixel_sigma, cfg.thickness)
     band = rigid_band(pixels, camera, crop, cfg.margin * size, cfg.pixel_sigma, cfg.thickness)
-    fill, fill_colors = hidden_fill(head, fit.posed, pixels, labels)
-    mouth, mouth_colors = mouth_interior(head, fit.posed, pixels.frames, photo_light(pixels))
+    skin = skin_colour(pixels)
+    seen = photo_mouth(head, fit.posed, camera, crop, skin)
+    inside = bind_mouth_pixels(head, fit.posed, camera, pixels, seen, cfg.pixel_sigma, cfg.thickness)
+    fill, fill_colors = hidden_fill(head, fit.posed, pixels, labels, seal_lips=seen.open)
+    teeth = cfg.teeth_gaussians or max(1500, round(12000 * (size / 512) ** 2))
+    mouth = mouth_interior(head, fit.posed, pixels.frames, mouth_palette(crop, skin, seen), teeth)
     background, moving_mask = inpainted_background(crop, pixels.hit | band.ring)
 
-    binding = MeshBinding.concatenate([pixels.binding, fill, mouth])
+    # The photo's own pixels between parted lips join the mouth interior, drawn only while the lips are
+    # apart: closed lips never show a slit of teeth.
+    outside = torch.ones(len(pixels.colors), dtype=torch.bool)
+    outside[inside] = False
+    face_px = pixels.binding.subset(outside)
+    binding = MeshBinding.concatenate([face_px, fill, pixels.binding.subset(inside), mouth.binding])
     avatar = PortraitAvatar(
         head=head,
         identity=fit.identity,
@@ -434,7 +489,9 @@ def build_portrait_avatar(
         camera=camera,
         crop_box=box,
         binding=binding,
-        bound_colors=torch.cat([pixels.colors, fill_colors, mouth_colors]).float(),
+        bound_colors=torch.cat(
+            [pixels.colors[outside], fill_colors, pixels.colors[inside], mouth.colors]
+        ).float(),
         bound_opacities=torch.full((len(binding),), 0.99),
         rigid_means=band.means,
         rigid_quats=band.quats,
@@ -444,10 +501,16 @@ def build_portrait_avatar(
         vertex_weights=fit.neck_weights(cfg.neck_blend_cm),
         background=background,
         moving_mask=moving_mask,
-        num_mouth=len(mouth),
-        # ICT's inner-lip landmarks sit ~0.1 cm apart on a closed mouth; a portrait with an open mouth
-        # keeps its interior drawn at rest.
-        lip_gap_cm=min(float(lip_gaps(fit.posed, head).max()), 0.15) + 0.05,
+        num_mouth=len(inside) + len(mouth),
+        # ICT's inner-lip landmarks sit ~0.1 cm apart on a closed mouth; the interior is drawn whenever
+        # the lips part further (for a portrait with parted lips, at rest too).
+        lip_gap_cm=0.2,
+        mouth_darkening=torch.cat([torch.zeros(len(inside)), mouth.darkening]),
+        photo_mouth_open=seen.open,
+        silent_mouth="photo",  # the colours are refined against the photo's own face
     )
-    refine_colours(avatar, crop, len(pixels.colors), cfg.colour_refinement_steps)
+    start = len(face_px) + len(fill)
+    refined = torch.cat([torch.arange(len(face_px)), torch.arange(start, start + len(inside))])
+    refine_colours(avatar, crop, refined, cfg.colour_refinement_steps)
+    avatar.silent_mouth = "auto"
     return avatar

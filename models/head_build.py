@@ -30,7 +30,7 @@ from models.errors import HeadsplatError
 from models.head_model import HeadModel
 from models.mesh_binding import MeshBinding, surface_points, triangle_frames
 from models.mesh_symmetry import mirror_points, mirror_vertices
-from models.mouth_interior import MOUTH_PARTS, MOUTH_SOCKET_RGB, REFERENCE_SKIN, mouth_interior
+from models.mouth_interior import MOUTH_PARTS, MOUTH_SOCKET_RGB, REFERENCE_SKIN, MouthPalette, mouth_interior
 from models.photo_view import pixel_of, project_points
 from models.surface_placement import rim_binding, surface_binding
 from renderers import Camera, Gaussians, rasterize
@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 SURFACE_DENSITY = {"face": 1.0, "head_and_neck": 0.3, "eyeball_left": 0.7, "eyeball_right": 0.7}
 #: The skin colour used when the photo shows too little of the face.
 FALLBACK_SKIN = (0.75, 0.6, 0.5)
+#: Gaussians tiling the 32 teeth (the rest of the mouth interior is one per triangle).
+TEETH_GAUSSIANS = 8000
 
 
 def surface_triangles(head: HeadModel) -> tuple[Tensor, np.ndarray]:
@@ -229,10 +231,12 @@ def surface_colours(
 
 def lit_mouth(head: HeadModel, rest: Tensor, skin_rgb: np.ndarray) -> tuple[MeshBinding, Tensor]:
     """The mouth interior on the rest mesh [V, 3], its brightness following the photo's skin."""
+    palette = MouthPalette(
+        exposure=float(np.clip(float(np.mean(skin_rgb)) / REFERENCE_SKIN, 0.3, 1.6)) ** 0.5
+    )
     with torch.no_grad():
-        mouth, colors = mouth_interior(head, rest, triangle_frames(rest, head.triangles), 1.0)
-    gain = float(np.clip(float(np.mean(skin_rgb)) / REFERENCE_SKIN, 0.3, 1.6)) ** 0.5
-    return mouth, (colors * gain).clamp(0, 1).float()
+        mouth = mouth_interior(head, rest, triangle_frames(rest, head.triangles), palette, TEETH_GAUSSIANS)
+    return mouth.binding, mouth.colors
 
 
 def neck_lining(head: HeadModel, rest: Tensor, cfg: HeadAvatarConfig) -> tuple[MeshBinding, Tensor]:

@@ -40,6 +40,25 @@ def surface_points(vertices: Tensor, triangles: Tensor, triangle: Tensor, baryce
     return (barycentric[:, :, None] * vertices[triangles[triangle]]).sum(1)
 
 
+def local_coordinates(
+    vertices: Tensor, triangles: Tensor, triangle: Tensor, points: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Barycentrics [N, 3] (outside [0, 1] off the triangle) and offsets along the normal [N] (cm) of
+    points [N, 3] relative to triangles [N] of a mesh [V, 3]: `MeshBinding`'s terms for any point."""
+    a, b, c = (vertices[triangles[triangle, i]] for i in range(3))
+    e1, e2 = b - a, c - a
+    normal = torch.nn.functional.normalize(torch.linalg.cross(e1, e2, dim=-1), dim=-1)
+    d = points - a
+    offset = (d * normal).sum(-1)
+    d = d - offset[:, None] * normal
+    d11, d12, d22 = (e1 * e1).sum(-1), (e1 * e2).sum(-1), (e2 * e2).sum(-1)
+    p1, p2 = (d * e1).sum(-1), (d * e2).sum(-1)
+    det = (d11 * d22 - d12 * d12).clamp_min(1e-12)
+    u = (d22 * p1 - d12 * p2) / det
+    v = (d11 * p2 - d12 * p1) / det
+    return torch.stack([1 - u - v, u, v], -1), offset
+
+
 @dataclass
 class MeshBinding:
     """Where N Gaussians sit on a mesh, in triangle-local terms (all tensors share one device)."""

@@ -26,6 +26,7 @@ from models.errors import HeadsplatError
 from models.gaussian_avatar import PortraitAvatar, PortraitAvatarConfig, build_portrait_avatar
 from models.head_model import HeadModel
 from models.latent import Motion
+from models.mouth_rest import SILENT_MOUTHS, ease_from_photo
 from pipelines.config_cli import flag
 from pipelines.device import resolve_device
 from pipelines.drivers import DEFAULT_AUDIO as DEFAULT_AUDIO
@@ -42,7 +43,7 @@ from renderers.compositing import FramePaster, paste_weight
 # driver layer; they stay importable from here for the benchmarks, tests and scripts that import them so.
 
 #: Bump when the avatar's contents change, so stale cached avatars are rebuilt.
-AVATAR_VERSION = 3
+AVATAR_VERSION = 4
 
 
 @dataclass
@@ -66,6 +67,10 @@ class TalkConfig(GeneratorConfig):
     """Also write the motion that drove the video (.npz, .json or .csv)."""
     cache_dir: str | None = None
     """Where built avatars are kept (default: $HEADSPLAT_CACHE or ~/.cache/headsplat); '' disables."""
+    silent_mouth: str = field(default="auto", metadata=flag(choices=SILENT_MOUTHS))
+    """How the mouth rests in silence: auto closes a photo's open mouth (parted lips showing more dark mouth
+    than teeth) and keeps a closed or smiling one; photo always keeps the photo's mouth; closed always
+    closes the lips. The video starts on the photo's own face either way."""
 
     def check(self) -> None:
         """Refuse bad values before any work: the shared ones, the render size and the photo limit."""
@@ -98,13 +103,16 @@ def prepare_avatar(cfg: TalkConfig, head: HeadModel | None = None) -> tuple[np.n
     cache = _cache_path(photo.tobytes() + str(photo.shape).encode(), cfg)
     if cache is not None and cache.exists():
         try:
-            return photo, load_avatar(cache, head, kind=PortraitAvatar)
+            avatar = load_avatar(cache, head, kind=PortraitAvatar)
+            avatar.silent_mouth = cfg.silent_mouth
+            return photo, avatar
         except HeadsplatError:
             cache.unlink(missing_ok=True)  # a stale or broken cache entry is rebuilt
     fit = fit_portrait(photo, cfg.face_index)
     avatar = build_portrait_avatar(
         photo, fit.to_identity(), fit.expression, head, PortraitAvatarConfig(crop_size=cfg.size)
     )
+    avatar.silent_mouth = cfg.silent_mouth
     if cache is not None:
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
@@ -121,7 +129,19 @@ def prepare_avatar(cfg: TalkConfig, head: HeadModel | None = None) -> tuple[np.n
 def render_frames(
     photo: np.ndarray, avatar: PortraitAvatar, motion: Motion, crop: bool = False, backend: str = "auto"
 ) -> Iterator[np.ndarray]:
-    """RGB uint8 frames, one per motion frame: the full photo with the face pasted back (or the crop)."""
+    """RGB uint8 frames, one per motion frame: the full photo with the face pasted back (or the crop).
+
+    The first frames ease from the photo's own face into the avatar's silent rest (see
+    models.mouth_rest), so the video starts on the photo.
+    """
+    offset = avatar.photo_offset().cpu().numpy()
+    if np.any(offset):
+        motion = Motion(
+            ease_from_photo(motion.expression, offset, motion.fps),
+            motion.rotation,
+            motion.translation,
+            motion.fps,
+        )
     if crop:
         for i in range(motion.num_frames):
             rgb = avatar.render_motion(motion, i, backend=backend)
