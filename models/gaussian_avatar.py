@@ -225,7 +225,7 @@ class PortraitAvatar:
         vertices = self.mesh(expression[None], rotation[None], translation[None])[0]
         means, quats, scales = self.binding.pose(vertices, self.head.triangles)
         face = len(self.binding) - self.num_mouth
-        gap = float(lip_gaps(vertices, self.head).max())
+        gap = self.lip_gap(vertices)
         keep = len(self.binding) if gap > self.lip_gap_cm else face
         rot, shift = self.rigid_transform(rotation[None], translation[None])
         w = self.rigid_weights[:, None]
@@ -304,7 +304,7 @@ class PortraitAvatar:
                 c["id_shape"], c["basis"], weights, c["vertex_w"], turn, c["rest_rot"], c["pivot"],
                 c["rest_t"], translation.float().numpy(), vertices,
             )  # fmt: skip
-        gap = float(lip_gaps(torch.from_numpy(vertices), self.head).max())
+        gap = self.lip_gap(torch.from_numpy(vertices))
         lips_apart = gap > self.lip_gap_cm
         face, nr = len(self.binding) - self.num_mouth, len(c["rigid_means"])
         n = face + nr + (self.num_mouth if lips_apart else 0)
@@ -330,9 +330,10 @@ class PortraitAvatar:
             c["opacities"][:n], colors,
         )  # fmt: skip
 
-    def lips_apart(self, vertices: Tensor) -> bool:
-        """Whether the lips of a posed mesh [V, 3] are parted (see `lip_gaps`)."""
-        return bool(lip_gaps(vertices, self.head).max() > self.lip_gap_cm)
+    def lip_gap(self, vertices: Tensor) -> float:
+        """The widest inner-lip gap (cm, see `lip_gaps`) of a posed mesh [V, 3]; above `lip_gap_cm` the
+        lips are parted and the mouth is drawn."""
+        return float(lip_gaps(vertices, self.head).max())
 
     def render(self, expression, rotation, translation, backend: str = "auto") -> np.ndarray:
         """One crop frame [S, S, 3] float32 in [0, 1] for one motion frame."""

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 SURFACE_DENSITY = {"face": 1.0, "head_and_neck": 0.3, "eyeball_left": 0.7, "eyeball_right": 0.7}
 #: The skin colour used when the photo shows too little of the face.
 FALLBACK_SKIN = (0.75, 0.6, 0.5)
-#: Gaussians tiling the 32 teeth (the rest of the mouth interior is one per triangle).
+#: Gaussians tiling the 32 teeth (gums, tongue and socket get models.mouth_interior.OTHER_SHARE of that each).
 TEETH_GAUSSIANS = 8000
 
 

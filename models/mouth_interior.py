@@ -86,16 +86,6 @@ class MouthInterior:
         return self.colors * (1.0 - openness * self.darkening)[:, None]
 
 
-def _vertex_normals(vertices: Tensor, triangles: Tensor) -> Tensor:
-    """Area-weighted vertex normals [V, 3] of the given triangles (zero where no triangle touches)."""
-    a, b, c = (vertices[triangles[:, i]] for i in range(3))
-    face = torch.linalg.cross(b - a, c - a, dim=-1)
-    normals = torch.zeros_like(vertices)
-    for i in range(3):
-        normals.index_add_(0, triangles[:, i], face)
-    return torch.nn.functional.normalize(normals, dim=-1)
-
-
 def _depth_shade(depth_behind_front: Tensor, strength: float) -> Tensor:
     """Ambient occlusion by depth behind the front teeth (cm): light reaches the back of the mouth less."""
     return (1.0 - strength * depth_behind_front / 3.0).clamp(0.2, 1.0)
@@ -124,7 +114,7 @@ def mouth_interior(
     behind_cm: float = 0.04,
 ) -> MouthInterior:
     """The mouth interior's Gaussians: the teeth tiled with about `num_teeth_gaussians`, gums, tongue and
-    socket one per triangle; all `behind_cm` under their surface, so where a photo's own pixels sit on the
+    socket with OTHER_SHARE of that each; all `behind_cm` under their surface, so where a photo's own pixels sit on the
     same surface those are what shows."""
     neutral = head.neutral
     front_z = neutral[head.region_vertices("teeth"), 2].max()
@@ -138,7 +128,7 @@ def mouth_interior(
         neutral[corners[:, 2]] - neutral[corners[:, 0]],
         dim=-1,
     ).norm(dim=-1)
-    normals = _vertex_normals(neutral, corners)
+    normals = head.vertex_normals(neutral[None])[0]  # the teeth share no vertex with other parts
     tri_normal = torch.nn.functional.normalize(normals[corners].sum(1), dim=-1)
     # More Gaussians where the teeth face the viewer (the front rows), fewer on their hidden backs.
     density = (0.15 + tri_normal[:, 2].clamp_min(0.0)) * torch.ones_like(area)
