@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -60,6 +61,7 @@ from models.photo_view import (
 )
 from models.portrait_build import (
     AUTO_CROP_MAX,
+    REGION_ID,
     auto_crop_size,
     bind_mouth_pixels,
     bind_pixels,
@@ -68,10 +70,11 @@ from models.portrait_build import (
     mouth_palette,
     photo_mouth,
     refine_colours,
-    rigid_band,
     skin_colour,
     triangle_labels,
 )
+from models.portrait_turns import backing, hair_shell, shown_pixels
+from models.segmentation import person_matte
 from models.transforms import euler_to_matrix, matrix_to_quaternion, quaternion_multiply
 from renderers import PARALLEL_LOCK, Camera, Gaussians, composite_over, rasterize
 
@@ -90,6 +93,15 @@ __all__ = [
 ]
 
 
+#: Opacity of the pixel and hair Gaussians. Not 1: the renderer (as gsplat) drops a Gaussian that would
+#: take a pixel's transmittance below 1e-4, and at 1 (clamped to 0.999) one in front with 0.9 would then
+#: leave the pixel at alpha 0.9; at 0.99 a Gaussian is only dropped once the pixel is 99% covered.
+PIXEL_OPACITY = 0.99
+
+#: How far beyond its rest outline a turning head may draw, as a share of the crop's side.
+HEAD_REACH = 0.12
+
+
 @dataclass
 class PortraitAvatarConfig:
     """How a portrait avatar is built."""
@@ -99,8 +111,6 @@ class PortraitAvatarConfig:
     between 64 and AUTO_CROP_MAX (frames are pasted back at that size, so more pixels would be wasted)."""
     crop_scale: float = 1.35
     """Crop side relative to the projected head's larger extent (leaves room for hair and motion)."""
-    margin: float = 0.05
-    """Width of the band around the head silhouette that follows the head, as a share of the crop."""
     pixel_sigma: float = 0.25
     """Standard deviation of a pixel's Gaussian in pixels (at the fitted pose)."""
     thickness: float = 0.15
@@ -234,7 +244,7 @@ class PortraitAvatar:
         turn = matrix_to_quaternion(rot[0])
         r_quats = quaternion_multiply(turn.expand_as(self.rigid_quats), self.rigid_quats)
         r_quats = torch.nn.functional.normalize((1 - w) * self.rigid_quats + w * r_quats, dim=-1)
-        ones = torch.ones(len(self.rigid_means), device=means.device)
+        ones = torch.full((len(self.rigid_means),), PIXEL_OPACITY, device=means.device)
         return Gaussians.unchecked(
             torch.cat([means[:face], r_means, means[face:keep]]),
             torch.cat([quats[:face], r_quats, quats[face:keep]]),
@@ -284,7 +294,7 @@ class PortraitAvatar:
             or cache["versions"] != versions
         ):
             face = len(self.binding) - self.num_mouth
-            ones = torch.ones(len(self.rigid_means))
+            ones = torch.full((len(self.rigid_means),), PIXEL_OPACITY)
             cache["opacities"] = torch.cat([self.bound_opacities[:face], ones, self.bound_opacities[face:]])
             cache["colors"] = torch.cat(
                 [self.bound_colors[:face], self.rigid_colors, self.bound_colors[face:]]
@@ -466,14 +476,32 @@ def build_portrait_avatar(
 
     labels = triangle_labels(head)
     pixels = bind_pixels(head, fit.posed, camera, crop, labels, cfg.pixel_sigma, cfg.thickness)
-    band = rigid_band(pixels, camera, crop, cfg.margin * size, cfg.pixel_sigma, cfg.thickness)
+    rest_rot = euler_to_matrix(fit.rotation[None])[0]
+    band = hair_shell(
+        crop, person_matte(crop), pixels.hit, pixels.frags.depth, camera,
+        (rest_rot, head.pivot, fit.translation), cfg.neck_blend_cm, cfg.pixel_sigma,
+    )  # fmt: skip
     skin = skin_colour(pixels)
     seen = photo_mouth(head, fit.posed, camera, crop, skin)
     inside = bind_mouth_pixels(head, fit.posed, camera, pixels, seen, cfg.pixel_sigma, cfg.thickness)
     fill, fill_colors = hidden_fill(head, fit.posed, pixels, labels, seal_lips=seen.open)
+    # Behind the pixels, a coarser skin over every face and scalp surface a head turn may show: it keeps
+    # the head opaque between pixels pulled apart by a turn, and covers what the photo did not see.
+    outer = np.isin(labels, [REGION_ID["face"], REGION_ID["head_and_neck"]])
+    shown = shown_pixels(head, fit.posed, rest_rot, head.pivot + fit.translation, camera)
+    back, back_colors = backing(
+        head, fit.posed, camera, np.nonzero(outer & (shown > 0))[0], shown, pixels.means, pixels.colors,
+        ~pixels.in_mouth,
+    )  # fmt: skip
+    fill = MeshBinding.concatenate([fill, back])
+    fill_colors = torch.cat([fill_colors, back_colors])
     teeth = cfg.teeth_gaussians or max(1500, round(12000 * (size / 512) ** 2))
     mouth = mouth_interior(head, fit.posed, pixels.frames, mouth_palette(crop, skin, seen), teeth)
-    background, moving_mask = inpainted_background(crop, pixels.hit | band.ring)
+    background, moving_mask = inpainted_background(crop, pixels.hit | band.region)
+    # Frames are pasted back inside this mask: it must reach as far as a turned head and its hair go
+    # (about 4 cm at 20 degrees of yaw); outside what moves, the background there is the photo itself.
+    reach = 2 * int(HEAD_REACH * size) + 1
+    moving_mask = cv2.dilate(moving_mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (reach, reach)))
 
     # The photo's own pixels between parted lips join the mouth interior, drawn only while the lips are
     # apart: closed lips never show a slit of teeth.
@@ -493,7 +521,7 @@ def build_portrait_avatar(
         bound_colors=torch.cat(
             [pixels.colors[outside], fill_colors, pixels.colors[inside], mouth.colors]
         ).float(),
-        bound_opacities=torch.full((len(binding),), 0.99),
+        bound_opacities=torch.full((len(binding),), PIXEL_OPACITY),
         rigid_means=band.means,
         rigid_quats=band.quats,
         rigid_scales=band.scales,
@@ -512,6 +540,6 @@ def build_portrait_avatar(
     )
     start = len(face_px) + len(fill)
     refined = torch.cat([torch.arange(len(face_px)), torch.arange(start, start + len(inside))])
-    refine_colours(avatar, crop, refined, cfg.colour_refinement_steps)
+    refine_colours(avatar, crop, refined, torch.arange(band.front), cfg.colour_refinement_steps)
     avatar.silent_mouth = "auto"
     return avatar

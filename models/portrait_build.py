@@ -23,6 +23,7 @@ from models.latent import NUM_EXPRESSIONS
 from models.mesh_binding import MeshBinding, local_coordinates, surface_points, triangle_frames
 from models.mouth_interior import MOUTH_PARTS, REFERENCE_SKIN, REFERENCE_SKIN_RGB, MouthPalette
 from models.photo_view import pixel_of, project_points
+from models.portrait_turns import surface_splats, unproject
 from models.transforms import matrix_to_quaternion
 from renderers import Camera, composite_over, rasterize
 from renderers.mesh_raster import MeshFragments, rasterize_mesh
@@ -100,13 +101,12 @@ def bind_pixels(
     ys, xs = np.nonzero(hit)
     tri = torch.from_numpy(frags.triangle[ys, xs].astype(np.int64))
     bary = torch.from_numpy(frags.barycentric[ys, xs])
-    depth = frags.depth[ys, xs]
-    footprint = torch.from_numpy(depth / camera.fx)  # cm per pixel at each pixel's depth
-    sigma = pixel_sigma * footprint
-    scales = torch.stack([sigma, sigma, sigma * thickness], dim=-1)
-    facing = camera_facing_quat(camera).expand(len(tri), 4)
+    means = surface_points(rest_mesh, head.triangles, tri, bary)
+    # Each pixel's Gaussian lies on the surface it sees (see models.portrait_turns.surface_splats), so a
+    # surface a turn brings towards the camera widens instead of breaking up.
+    quats, scales = surface_splats(means, frames[0][tri][:, :, 2], camera, pixel_sigma, thickness)
     binding = MeshBinding.from_world(
-        rest_mesh, head.triangles, tri, bary, torch.zeros(len(tri)), facing.contiguous(), scales, frames
+        rest_mesh, head.triangles, tri, bary, torch.zeros(len(tri)), quats, scales, frames
     )
     return PixelLayer(
         frags=frags,
@@ -114,7 +114,7 @@ def bind_pixels(
         hit=hit,
         binding=binding,
         colors=torch.from_numpy(crop[ys, xs]),
-        means=surface_points(rest_mesh, head.triangles, tri, bary),
+        means=means,
         on_face=torch.from_numpy(hit_label[ys, xs] == REGION_ID["face"]),
         in_mouth=torch.from_numpy(hit_label[ys, xs] == REGION_ID["mouth"]),
     )
@@ -231,7 +231,7 @@ def bind_mouth_pixels(
     ny, nx = near_y[oy, ox], near_x[oy, ox]
     tri = teeth[torch.from_numpy(frags.triangle[ny, nx].astype(np.int64))]
     depth = frags.depth[ny, nx]
-    world = _unproject(ox + 0.5, oy + 0.5, depth, camera)
+    world = unproject(ox + 0.5, oy + 0.5, depth, camera)
     # A pixel off the teeth (the tongue, the dark of the mouth) is bound to the nearest of its row's big
     # triangles instead: off a small one, the slightest bend of the triangle would throw it about.
     far = distance[oy, ox] > MAX_TEETH_DISTANCE_PX * size / 512
@@ -264,56 +264,6 @@ def bind_mouth_pixels(
     pixels.on_face[rows] = False
     pixels.in_mouth[rows] = True
     return rows
-
-
-@dataclass
-class RigidBand:
-    """Pixels in a band outside the head's silhouette (hair, ears' rims, the collar), which follow the
-    head rigidly with a weight that falls off with distance, so nothing tears at the silhouette."""
-
-    ring: np.ndarray  # [S, S] bool, the band's pixels
-    means: Tensor  # [Nr, 3] rest positions, cm
-    quats: Tensor  # [Nr, 4]
-    scales: Tensor  # [Nr, 3]
-    colors: Tensor  # [Nr, 3]
-    weights: Tensor  # [Nr] how much of the head's motion each follows, 0..1
-
-
-def rigid_band(
-    pixels: PixelLayer,
-    camera: Camera,
-    crop: np.ndarray,
-    width_px: float,
-    pixel_sigma: float,
-    thickness: float,
-) -> RigidBand:
-    """One camera-facing Gaussian per pixel within `width_px` of the silhouette, at its nearest covered
-    pixel's depth."""
-    hit, frags = pixels.hit, pixels.frags
-    dist_out, nearest = ndimage.distance_transform_edt(~hit, return_indices=True)
-    weight_img = np.clip(1.0 - dist_out / width_px, 0.0, 1.0).astype(np.float32)
-    ring = (~hit) & (weight_img > 0)
-    ry, rx = np.nonzero(ring)
-    ring_depth = frags.depth[nearest[0][ry, rx], nearest[1][ry, rx]]
-    means = _unproject(rx + 0.5, ry + 0.5, ring_depth, camera)
-    ring_sigma = torch.from_numpy(pixel_sigma * ring_depth / camera.fx)
-    weights = torch.from_numpy(weight_img[ry, rx]) ** 1.5  # ease out: the far band barely moves
-    return RigidBand(
-        ring=ring,
-        means=means,
-        quats=camera_facing_quat(camera).expand(len(means), 4).contiguous(),
-        scales=torch.stack([ring_sigma, ring_sigma, ring_sigma * thickness], -1).float(),
-        colors=torch.from_numpy(crop[ry, rx]).float(),
-        weights=weights.float(),
-    )
-
-
-def _unproject(x: np.ndarray, y: np.ndarray, depth: np.ndarray, camera: Camera) -> Tensor:
-    """Pixel coordinates and camera depths → world points [N, 3]."""
-    cam = np.stack([(x - camera.cx) / camera.fx * depth, (y - camera.cy) / camera.fy * depth, depth], -1)
-    m = camera.world_to_camera.numpy().astype(np.float64)
-    world = (cam - m[:3, 3]) @ m[:3, :3]  # R^T (x - t), written row-wise
-    return torch.from_numpy(world).float()
 
 
 def hidden_fill(
@@ -392,9 +342,11 @@ def inpainted_background(crop: np.ndarray, moving: np.ndarray) -> tuple[np.ndarr
     return background, moving_grown.astype(np.float32)
 
 
-def refine_colours(avatar: PortraitAvatar, crop: np.ndarray, refined: Tensor, steps: int) -> None:
+def refine_colours(
+    avatar: PortraitAvatar, crop: np.ndarray, refined: Tensor, rigid_refined: Tensor, steps: int
+) -> None:
     """Render the avatar at rest, compare with the photo, push each pixel Gaussian's colour (the bound
-    ones at indices `refined`, and the rigid band's) by its pixel's error, `steps` times.
+    ones at indices `refined` and the rigid ones at `rigid_refined`) by its pixel's error, `steps` times.
 
     Overlapping Gaussians blur the image slightly; a few of these fixed-point steps undo most of it.
     """
@@ -404,10 +356,12 @@ def refine_colours(avatar: PortraitAvatar, crop: np.ndarray, refined: Tensor, st
     vertices = avatar.mesh(zero_expr[None], zero3[None], zero3[None])[0]
     means, _, _ = avatar.binding.subset(refined).pose(vertices, avatar.head.triangles)
     pix_y, pix_x = pixel_of(means, avatar.camera)
-    ring_y, ring_x = pixel_of(avatar.rigid_means, avatar.camera)
+    ring_y, ring_x = pixel_of(avatar.rigid_means[rigid_refined], avatar.camera)
     for _ in range(steps):
         out = rasterize(avatar.gaussians(zero_expr, zero3, zero3), avatar.camera, backend="cpu")
         rendered = composite_over(out.rgb.numpy(), out.alpha.numpy(), avatar.background)
         error = torch.from_numpy(crop - rendered)
         avatar.bound_colors[refined] = (avatar.bound_colors[refined] + error[pix_y, pix_x]).clamp(0, 1)
-        avatar.rigid_colors[:] = (avatar.rigid_colors + error[ring_y, ring_x]).clamp(0, 1)
+        avatar.rigid_colors[rigid_refined] = (
+            avatar.rigid_colors[rigid_refined] + error[ring_y, ring_x]
+        ).clamp(0, 1)

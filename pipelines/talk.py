@@ -43,7 +43,7 @@ from renderers.compositing import FramePaster, paste_weight
 # driver layer; they stay importable from here for the benchmarks, tests and scripts that import them so.
 
 #: Bump when the avatar's contents change, so stale cached avatars are rebuilt.
-AVATAR_VERSION = 4
+AVATAR_VERSION = 5
 
 
 @dataclass
