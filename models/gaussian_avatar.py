@@ -73,7 +73,7 @@ from models.portrait_build import (
     skin_colour,
     triangle_labels,
 )
-from models.portrait_turns import backing, hair_shell, shown_pixels
+from models.portrait_turns import backing, body_pixels, hair_shell, shown_pixels
 from models.segmentation import person_matte
 from models.transforms import euler_to_matrix, matrix_to_quaternion, quaternion_multiply
 from renderers import PARALLEL_LOCK, Camera, Gaussians, composite_over, rasterize
@@ -477,8 +477,9 @@ def build_portrait_avatar(
     labels = triangle_labels(head)
     pixels = bind_pixels(head, fit.posed, camera, crop, labels, cfg.pixel_sigma, cfg.thickness)
     rest_rot = euler_to_matrix(fit.rotation[None])[0]
+    matte = person_matte(crop)
     band = hair_shell(
-        crop, person_matte(crop), pixels.hit, pixels.frags.depth, camera,
+        crop, matte, pixels.hit, pixels.frags.depth, camera,
         (rest_rot, head.pivot, fit.translation), cfg.neck_blend_cm, cfg.pixel_sigma,
     )  # fmt: skip
     skin = skin_colour(pixels)
@@ -505,8 +506,28 @@ def build_portrait_avatar(
 
     # The photo's own pixels between parted lips join the mouth interior, drawn only while the lips are
     # apart: closed lips never show a slit of teeth.
+    # The collar and whatever else of the body the fitted neck covers stays still, in front of the neck.
+    rows, cols = np.nonzero(pixels.hit)
+    on_neck = torch.from_numpy(labels[pixels.binding.triangle.numpy()] == REGION_ID["head_and_neck"])
+    body = body_pixels(
+        pixels.means, pixels.colors, pixels.on_face, on_neck, matte, rows, cols, camera,
+        (rest_rot, head.pivot, fit.translation), cfg.neck_blend_cm[1], cfg.pixel_sigma,
+    )  # fmt: skip
     outside = torch.ones(len(pixels.colors), dtype=torch.bool)
     outside[inside] = False
+    outside[body.rows] = False
+    # The still pixels join the rigid set with weight 0, between the hair's own pixels and its backing.
+    front, still = band.front, len(body.rows)
+    rigid = [
+        torch.cat([getattr(band, name)[:front], extra, getattr(band, name)[front:]])
+        for name, extra in (
+            ("means", body.means),
+            ("quats", torch.tensor([1.0, 0.0, 0.0, 0.0]).expand(still, 4)),
+            ("scales", body.scales),
+            ("colors", body.colors),
+            ("weights", torch.zeros(still)),
+        )
+    ]
     face_px = pixels.binding.subset(outside)
     binding = MeshBinding.concatenate([face_px, fill, pixels.binding.subset(inside), mouth.binding])
     avatar = PortraitAvatar(
@@ -522,11 +543,11 @@ def build_portrait_avatar(
             [pixels.colors[outside], fill_colors, pixels.colors[inside], mouth.colors]
         ).float(),
         bound_opacities=torch.full((len(binding),), PIXEL_OPACITY),
-        rigid_means=band.means,
-        rigid_quats=band.quats,
-        rigid_scales=band.scales,
-        rigid_colors=band.colors,
-        rigid_weights=band.weights,
+        rigid_means=rigid[0],
+        rigid_quats=rigid[1].contiguous(),
+        rigid_scales=rigid[2],
+        rigid_colors=rigid[3],
+        rigid_weights=rigid[4],
         vertex_weights=fit.neck_weights(cfg.neck_blend_cm),
         background=background,
         moving_mask=moving_mask,
@@ -540,6 +561,6 @@ def build_portrait_avatar(
     )
     start = len(face_px) + len(fill)
     refined = torch.cat([torch.arange(len(face_px)), torch.arange(start, start + len(inside))])
-    refine_colours(avatar, crop, refined, torch.arange(band.front), cfg.colour_refinement_steps)
+    refine_colours(avatar, crop, refined, torch.arange(front + still), cfg.colour_refinement_steps)
     avatar.silent_mouth = "auto"
     return avatar

@@ -42,7 +42,7 @@ from renderers.mesh_raster import rasterize_mesh
 MAX_STRETCH = 3.0
 
 #: How far behind the surface `backing` puts its Gaussians, in pixels' footprints.
-BACKING_PIXELS_BEHIND = 6.0
+BACKING_PIXELS_BEHIND = 3.0
 
 #: Pixels of a surface's largest view per backing Gaussian (they are about 3.5 pixels wide).
 BACKING_PIXELS = 6.0
@@ -59,6 +59,12 @@ HAIR_BACKING_CM = 0.3
 
 #: How far (pixels at a 512-pixel crop) the hair's backing reaches inside the head's outline.
 HAIR_RIM_PX = 4.0
+
+#: Colour distance (standard deviations of the face's CIELAB colours) beyond which a neck pixel is clothing.
+BODY_SKIN_DISTANCE = 4.0
+
+#: How far (cm) in front of the neck the collar's still pixels sit.
+BODY_IN_FRONT_CM = 1.0
 
 #: Head rotations (pitch, yaw, roll; degrees) whose newly visible surfaces `revealed_fill` covers: a
 #: little beyond the ±20° yaw, ±10° pitch and ±5° roll natural speech reaches.
@@ -171,6 +177,57 @@ def hair_shell(
         weights=torch.cat([weights, back_weights]).float(),
         front=len(ys),
     )
+
+
+@dataclass
+class BodyPixels:
+    """Pixels on the fitted neck that show the body instead (a collar, a tie, the background beside a
+    neck thinner than ICT's): they stay still, a little in front of the neck, so the neck turns behind
+    the collar instead of dragging it along."""
+
+    rows: Tensor  # [Nb] which of the pixel layer's pixels
+    means: Tensor  # [Nb, 3] their still positions, cm
+    scales: Tensor  # [Nb, 3]
+    colors: Tensor  # [Nb, 3]
+
+
+def body_pixels(
+    means: Tensor,  # [Np] the pixel layer's surface points (cm)
+    colors: Tensor,  # [Np, 3]
+    on_face: Tensor,  # [Np] bool
+    on_neck: Tensor,  # [Np] bool, the pixel sees the head-and-neck region
+    matte: np.ndarray,  # [S, S] person probability of the crop
+    pixel_rows: np.ndarray,  # [Np] each pixel's row in the crop
+    pixel_cols: np.ndarray,  # [Np] each pixel's column
+    camera: Camera,
+    head_frame: tuple[Tensor, Tensor, Tensor],  # rest rotation [3, 3], pivot [3], rest translation [3]
+    below_cm: float,
+    sigma_px: float,
+) -> BodyPixels:
+    """The neck pixels below `below_cm` (height on the head model) that are background (matte < 0.5) or
+    not skin: further than BODY_SKIN_DISTANCE standard deviations (Mahalanobis, CIELAB) from the face's
+    colours."""
+    rest_rot, pivot, rest_t = head_frame
+    height = ((means - pivot - rest_t) @ rest_rot + pivot)[:, 1]
+    candidate = on_neck & (height < below_cm)
+    lab = cv2.cvtColor(colors.numpy().astype(np.float32)[None], cv2.COLOR_RGB2LAB)[0].astype(np.float64)
+    face = lab[on_face.numpy()]
+    if len(face) < 50:
+        not_skin = np.zeros(len(lab), bool)
+    else:
+        mean, cov = face.mean(0), np.cov(face.T) + np.eye(3)
+        d = lab - mean
+        not_skin = np.einsum("ni,ij,nj->n", d, np.linalg.inv(cov), d) > BODY_SKIN_DISTANCE**2
+    background = matte[pixel_rows, pixel_cols] < 0.5
+    rows = torch.from_numpy(np.nonzero(candidate.numpy() & (not_skin | background))[0])
+    # In front of the neck along the pixel's ray, by BODY_IN_FRONT_CM.
+    cam = means[rows] @ camera.world_to_camera[:3, :3].T + camera.world_to_camera[:3, 3]
+    z = cam[:, 2] - BODY_IN_FRONT_CM
+    still = unproject(
+        pixel_cols[rows.numpy()] + 0.5, pixel_rows[rows.numpy()] + 0.5, z.double().numpy(), camera
+    )
+    sigma = (sigma_px * z / camera.fx).float()
+    return BodyPixels(rows, still, torch.stack([sigma, sigma, sigma], -1), colors[rows].float())
 
 
 def shell_depth(hit: np.ndarray, depth: np.ndarray, smooth_px: float) -> np.ndarray:
