@@ -255,9 +255,9 @@ class TeacherConfig:
 
     blinks_per_minute: float = 17.0
     """Mean blink rate while talking (adults: ~15-25 per minute in conversation)."""
-    head_sway_deg: float = 3.0
+    head_sway_deg: float = 4.2
     """Standard deviation of the slow head sway (yaw; pitch and roll take 60% and 40% of it), degrees."""
-    nod_deg: float = 2.5
+    nod_deg: float = 3.5
     """Peak head nod on a prominent syllable, degrees."""
     gaze: float = 0.08
     """Typical eyeLook* weight of gaze shifts (~2.4 degrees)."""

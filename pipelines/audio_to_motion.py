@@ -34,6 +34,7 @@ from models.errors import HeadsplatError
 from models.latent import Motion
 from models.motion_diffusion import (
     MAX_STEPS,
+    MODEL_POSE_GAIN,
     BlinkKeeper,
     GenerationControls,
     MotionDenoiser,
@@ -149,7 +150,7 @@ class AudioToMotion:
             values = np.concatenate(parts)
             blinks = BlinkKeeper(controls.seed, controls.blink_rate, self.model_fps)
             gate = np.concatenate(activity)[: values.shape[0]]
-            motion = postprocess(values, gate, controls, self.model_fps, blinks)
+            motion = postprocess(values, gate, controls, self.model_fps, blinks, MODEL_POSE_GAIN)
         return motion if abs(fps - motion.fps) < 1e-9 else motion.resample(fps)
 
     @staticmethod
@@ -199,7 +200,7 @@ class AudioToMotion:
             ):
                 gate = np.concatenate(activity)[used : used + frames.shape[0]]
                 used += frames.shape[0]
-                yield postprocess(frames, gate, controls, self.model_fps, blink_keeper)
+                yield postprocess(frames, gate, controls, self.model_fps, blink_keeper, MODEL_POSE_GAIN)
 
 
 def teacher_from_audio(audio: np.ndarray, transcript: str | None, controls: GenerationControls,
