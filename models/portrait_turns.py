@@ -54,6 +54,9 @@ BACKING_OVERLAP = 3.0
 #: A surface point with no photo pixel within this distance (cm) was not seen by the photo.
 UNSEEN_CM = 0.3
 
+#: Blur of the hair shell's depth along the head's outline, as a share of the crop's side.
+SHELL_SMOOTH = 0.15
+
 #: How far (cm) behind the hair's pixels the hair's coarser backing layer sits.
 HAIR_BACKING_CM = 0.3
 
@@ -138,7 +141,7 @@ def hair_shell(
     person = (person > 0) | ((matte > 0.05) & (cv2.dilate(person, np.ones((9, 9), np.uint8)) > 0))
     outside = person & ~hit
     ys, xs = np.nonzero(outside)
-    z = shell_depth(hit, depth, smooth_px=0.02 * hit.shape[0])[ys, xs].astype(np.float64)
+    z = shell_depth(hit, depth, smooth_px=SHELL_SMOOTH * hit.shape[0])[ys, xs].astype(np.float64)
     means = unproject(xs + 0.5, ys + 0.5, z, camera)
     rest_rot, pivot, rest_t = head_frame
     # Height on the head model (its own frame, before the photo's pose): the neck's blend weight there.
@@ -159,7 +162,8 @@ def hair_shell(
         back_region & ((np.arange(hit.shape[0]) % 2 == 0)[:, None]) & (np.arange(hit.shape[1]) % 2 == 0)
     )
     back_z = (
-        shell_depth(hit, depth, smooth_px=0.02 * hit.shape[0])[by, bx].astype(np.float64) + HAIR_BACKING_CM
+        shell_depth(hit, depth, smooth_px=SHELL_SMOOTH * hit.shape[0])[by, bx].astype(np.float64)
+        + HAIR_BACKING_CM
     )
     back_means = unproject(bx + 0.5, by + 0.5, back_z, camera)
     back_height = ((back_means - pivot - rest_t) @ rest_rot + pivot)[:, 1]
@@ -231,13 +235,14 @@ def body_pixels(
 
 
 def shell_depth(hit: np.ndarray, depth: np.ndarray, smooth_px: float) -> np.ndarray:
-    """Depth [S, S] everywhere: the mesh's where it covers the crop, outside it the nearest covered
-    pixel's, blurred by `smooth_px` so neighbouring hair pixels never sit at very different depths (they
-    would part when the head turns)."""
-    _, nearest = ndimage.distance_transform_edt(~hit, return_indices=True)
-    extended = depth[nearest[0], nearest[1]].astype(np.float64)
-    smooth = ndimage.gaussian_filter(extended, smooth_px)
-    return np.where(hit, depth, smooth)
+    """Depth [S, S] of the hair's shell everywhere: the depth of the nearest pixel on the mesh's outline
+    (the head's silhouette, where the hair leaves it), blurred along the outline by `smooth_px`, so
+    neighbouring hair pixels never sit at very different depths: they would part when the head turns."""
+    outline = hit & ~ndimage.binary_erosion(hit)
+    if not outline.any():
+        return np.where(hit, depth, 0.0)
+    _, nearest = ndimage.distance_transform_edt(~outline, return_indices=True)
+    return ndimage.gaussian_filter(depth[nearest[0], nearest[1]].astype(np.float64), smooth_px)
 
 
 def unproject(x: np.ndarray, y: np.ndarray, depth: np.ndarray, camera: Camera) -> Tensor:
