@@ -98,6 +98,14 @@ __all__ = [
 #: leave the pixel at alpha 0.9; at 0.99 a Gaussian is only dropped once the pixel is 99% covered.
 PIXEL_OPACITY = 0.99
 
+#: Coverage above which the moving layer is drawn opaque (see `PortraitAvatar.render_layers`).
+SOLID_ALPHA = 0.9
+
+#: A triangle gets a backing when some head turn shows it at more than BACKED_SHARE times the pixels the
+#: photo gave it, plus BACKED_MIN_PX (at a 512 crop): seen edge-on near the outline, or not at all.
+BACKED_SHARE = 1.4
+BACKED_MIN_PX = 1
+
 #: How far beyond its rest outline a turning head may draw, as a share of the crop's side.
 HEAD_REACH = 0.12
 
@@ -354,9 +362,15 @@ class PortraitAvatar:
         self, expression, rotation, translation, backend: str = "auto"
     ) -> tuple[np.ndarray, np.ndarray]:
         """The moving layer alone: premultiplied colour [S, S, 3] and alpha [S, S] (float32 numpy), to be
-        composited over `background` (see `render`, and `renderers.FramePaster` for videos)."""
+        composited over `background` (see `render`, and `renderers.FramePaster` for videos).
+
+        The head is a solid surface: where the Gaussians cover a pixel to SOLID_ALPHA or more, their colour
+        is normalised and the pixel made opaque (as EWA surface splatting normalises by its splats' summed
+        weights), so pixels a sub-pixel shift leaves 95-99% covered never let the background through;
+        below it (the outline's anti-aliased edge, real holes) the alpha is only scaled by 1/SOLID_ALPHA.
+        """
         out = rasterize(self.gaussians(expression, rotation, translation), self.camera, backend=backend)
-        return out.rgb.cpu().numpy(), out.alpha.cpu().numpy()
+        return solid_layer(out.rgb.cpu().numpy(), out.alpha.cpu().numpy())
 
     def render_motion(self, motion: Motion, frame: int, backend: str = "auto", layers: bool = False):
         """Crop frame [S, S, 3] for frame `frame` of `motion` (with `layers`: `render_layers`' pair)."""
@@ -452,6 +466,14 @@ class PortraitAvatar:
         )
 
 
+def solid_layer(rgb: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A rendered layer (premultiplied rgb [S, S, 3], alpha [S, S]) with alpha scaled by 1/SOLID_ALPHA and
+    clipped at 1, its colour scaled with it (see `PortraitAvatar.render_layers`)."""
+    solid = np.minimum(alpha * np.float32(1.0 / SOLID_ALPHA), np.float32(1.0))
+    gain = solid / np.maximum(alpha, np.float32(1e-6))
+    return rgb * gain[..., None], solid
+
+
 def lip_gaps(vertices: Tensor, head: HeadModel) -> Tensor:
     """Distances [3] (cm) between the inner-lip landmark pairs (Multi-PIE 61/67, 62/66, 63/65) of a mesh [V, 3]."""
     marks = vertices[head.landmarks68]
@@ -490,8 +512,10 @@ def build_portrait_avatar(
     # the head opaque between pixels pulled apart by a turn, and covers what the photo did not see.
     outer = np.isin(labels, [REGION_ID["face"], REGION_ID["head_and_neck"]])
     shown = shown_pixels(head, fit.posed, rest_rot, head.pivot + fit.translation, camera)
+    seen_px = np.bincount(pixels.frags.triangle[pixels.hit], minlength=len(labels))
+    sparse = shown > BACKED_SHARE * seen_px + BACKED_MIN_PX * (size / 512) ** 2
     back, back_colors = backing(
-        head, fit.posed, camera, np.nonzero(outer & (shown > 0))[0], shown, pixels.means, pixels.colors,
+        head, fit.posed, camera, np.nonzero(outer & sparse)[0], shown, pixels.means, pixels.colors,
         ~pixels.in_mouth,
     )  # fmt: skip
     fill = MeshBinding.concatenate([fill, back])

@@ -25,7 +25,7 @@ from models.mouth_interior import MOUTH_PARTS, REFERENCE_SKIN, REFERENCE_SKIN_RG
 from models.photo_view import pixel_of, project_points
 from models.portrait_turns import surface_splats, unproject
 from models.transforms import matrix_to_quaternion
-from renderers import Camera, composite_over, rasterize
+from renderers import Camera
 from renderers.mesh_raster import MeshFragments, rasterize_mesh
 
 if TYPE_CHECKING:
@@ -337,8 +337,12 @@ def inpainted_background(crop: np.ndarray, moving: np.ndarray) -> tuple[np.ndarr
         cv2.inpaint((crop * 255).astype(np.uint8), moving_grown, 5, cv2.INPAINT_TELEA).astype(np.float32)
         / 255.0
     )
-    # Only what the Gaussians cover needs inpainting; just outside, the photo itself is the truth.
-    background = np.where(moving[..., None] > 0, inpainted, crop)
+    # Only what the Gaussians cover needs inpainting, and the outline's own pixels (2 px at a 512 crop:
+    # the head's colour mixed into the background's, they would stay behind as a thin dark contour when
+    # the head turns away); further out the photo itself is the truth.
+    edge = max(1, round(2 * size / 512))
+    covered = cv2.dilate(moving, np.ones((2 * edge + 1, 2 * edge + 1), np.uint8))
+    background = np.where(covered[..., None] > 0, inpainted, crop)
     return background, moving_grown.astype(np.float32)
 
 
@@ -358,8 +362,7 @@ def refine_colours(
     pix_y, pix_x = pixel_of(means, avatar.camera)
     ring_y, ring_x = pixel_of(avatar.rigid_means[rigid_refined], avatar.camera)
     for _ in range(steps):
-        out = rasterize(avatar.gaussians(zero_expr, zero3, zero3), avatar.camera, backend="cpu")
-        rendered = composite_over(out.rgb.numpy(), out.alpha.numpy(), avatar.background)
+        rendered = avatar.render(zero_expr, zero3, zero3, backend="cpu")
         error = torch.from_numpy(crop - rendered)
         avatar.bound_colors[refined] = (avatar.bound_colors[refined] + error[pix_y, pix_x]).clamp(0, 1)
         avatar.rigid_colors[rigid_refined] = (

@@ -51,6 +51,9 @@ BACKING_PIXELS = 6.0
 #: opaque everywhere, seams between its tiles included.
 BACKING_OVERLAP = 3.0
 
+#: Largest standard deviation (pixels) of a backing Gaussian.
+BACKING_MAX_PX = 3.0
+
 #: A surface point with no photo pixel within this distance (cm) was not seen by the photo.
 UNSEEN_CM = 0.3
 
@@ -313,8 +316,13 @@ def backing(
     # Behind the surface, far enough that none is sorted in front of the pixels it backs: a Gaussian a few
     # pixels wide on a steep slope spans that much depth.
     cam = points @ camera.world_to_camera[:3, :3].T + camera.world_to_camera[:3, 3]
-    behind_cm = BACKING_PIXELS_BEHIND * cam[:, 2] / camera.fx
-    binding.offset[:] = -behind_cm / triangle_frames(rest_mesh, head.triangles)[1][binding.triangle]
+    footprint = cam[:, 2] / camera.fx  # cm per pixel
+    k = triangle_frames(rest_mesh, head.triangles)[1][binding.triangle]
+    binding.offset[:] = -BACKING_PIXELS_BEHIND * footprint / k
+    # No wider than BACKING_MAX_PX pixels: one Gaussian on a big, mostly hidden triangle (the scalp under
+    # the hair, the back of the neck) would otherwise cost the renderer its whole width, every frame.
+    widest = (BACKING_MAX_PX * footprint / k)[:, None]
+    binding.scale[:] = torch.minimum(binding.scale, widest)
     tree = cKDTree(pixel_means[source].numpy())
     near, idx = tree.query(points.numpy())
     colors = pixel_colors[source][torch.from_numpy(idx)]

@@ -14,7 +14,6 @@ from models.photo_view import project_points
 from models.portrait_build import REGION_ID, triangle_labels
 from models.segmentation import person_matte
 from pipelines.portrait import DEFAULT_PORTRAIT, fit_portrait, load_portrait
-from renderers import Gaussians, rasterize
 from renderers.mesh_raster import rasterize_mesh
 
 SIZE = 256
@@ -42,17 +41,9 @@ def _turn(yaw_deg: float, pitch_deg: float = 0.0) -> torch.Tensor:
     return torch.tensor([math.radians(pitch_deg), math.radians(yaw_deg), 0.0])
 
 
-def _layers(avatar, rotation):
-    """Alpha [S, S] of the whole moving layer and of its rigid part (hair shell and still body)."""
-    g = avatar.gaussians(avatar.photo_offset(), rotation, torch.zeros(3))
-    face = len(avatar.binding) - avatar.num_mouth
-    rows = slice(face, face + len(avatar.rigid_means))
-    rigid = Gaussians.unchecked(
-        g.means[rows], g.quats[rows], g.scales[rows], g.opacities[rows], g.colors[rows]
-    )
-    return rasterize(g, avatar.camera, backend="cpu").alpha.numpy(), rasterize(
-        rigid, avatar.camera, backend="cpu"
-    ).alpha.numpy()
+def _alpha(avatar, rotation):
+    """Alpha [S, S] of the moving layer as it is composited (`render_layers`)."""
+    return avatar.render_layers(avatar.photo_offset(), rotation, torch.zeros(3), backend="cpu")[1]
 
 
 def test_the_person_matte_separates_the_sitter_from_the_flag(photo):
@@ -78,7 +69,7 @@ def test_the_hair_shell_turns_with_the_head_and_stays_opaque(avatar):
         inside[xy[ok, 1], xy[ok, 0]] = 1
         inside = cv2.morphologyEx(inside, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
         inside = cv2.erode(inside, np.ones((3, 3), np.uint8)) > 0
-        alpha, _ = _layers(avatar, rotation)
+        alpha = _alpha(avatar, rotation)
         assert inside.sum() > 500
         assert (alpha[inside] >= 0.99).mean() > 0.98, f"the turned hair lets the background through ({yaw})"
 
@@ -91,7 +82,7 @@ def test_nothing_inside_the_turned_head_is_transparent(avatar, head):
         vertices = avatar.mesh(avatar.photo_offset()[None], rotation[None], torch.zeros(1, 3))[0]
         frags = rasterize_mesh(project_points(vertices, avatar.camera).numpy(), outer, SIZE, SIZE)
         inside = cv2.erode((frags.triangle >= 0).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-        alpha, _ = _layers(avatar, rotation)
+        alpha = _alpha(avatar, rotation)
         assert (alpha[inside] >= 0.99).mean() > 0.99, f"holes in the head at yaw {yaw}, pitch {pitch}"
 
 
@@ -134,3 +125,15 @@ def test_default_motion_moves_the_head_like_a_speaker():
     assert yaw >= 3.0 and pitch >= 2.0, (pitch, yaw)
     still = np.degrees(speech_motion(load_audio(DEFAULT_AUDIO), TalkConfig(pose_scale=0.5)).rotation)
     assert np.allclose(still, 0.5 * rotation, atol=1e-4), "--pose-scale scales the default motion"
+
+
+def test_the_layer_is_solid_where_the_gaussians_cover_it():
+    from models.gaussian_avatar import SOLID_ALPHA, solid_layer
+
+    alpha = np.array([[0.0, 0.45, SOLID_ALPHA, 0.97]], np.float32)
+    rgb = alpha[..., None] * np.array([0.2, 0.4, 0.6], np.float32)  # premultiplied
+    out_rgb, out_alpha = solid_layer(rgb, alpha)
+    assert np.allclose(out_alpha, [[0.0, 0.5, 1.0, 1.0]], atol=1e-6)
+    # The colour stays the same colour, premultiplied by the new alpha.
+    assert np.allclose(out_rgb[0, 1:], out_alpha[0, 1:, None] * [0.2, 0.4, 0.6], atol=1e-6)
+    assert np.all(out_rgb[0, 0] == 0)
