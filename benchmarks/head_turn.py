@@ -11,11 +11,12 @@ Each portrait's avatar is built at `--size` and rendered at rest and in a sweep 
 rotations, degrees: yaw ±10 and ±20, pitch ±10, roll ±5, and two combined turns). Per portrait:
 
 - coverage: in each posed frame, the share of the pixels inside the posed head-and-hair silhouette where
-  the avatar's own layer has alpha ≥ 0.99 (the rest is background showing through the head). The
-  silhouette is computed without the Gaussians: the posed ICT mesh's outer surface (face, scalp, neck,
-  eyes) rasterised, united with the hair, moved rigidly with the head. The hair is the photo's person
-  matte (MediaPipe selfie segmentation) outside the mesh and above the chin, at the depth of the nearest
-  head pixel; its moved pixel centres are splatted and closed with a 5 px disc. The union is eroded by
+  the avatar's layer, as composited, has alpha ≥ 0.99 (the rest is background showing through the head).
+  The silhouette is computed from the geometry, not from the rendered alpha: the posed ICT mesh's outer
+  surface (face, scalp, neck, eyes) rasterised, united with the hair, moved rigidly with the head. The
+  hair is the avatar's hair shell where it follows the head fully (above the jaw): the centres of the
+  person matte's pixels (MediaPipe selfie segmentation) outside the mesh, at the depth of the head's
+  outline; its moved centres are splatted and closed with a 5 px disc. The union is eroded by
   2 px (its anti-aliased rim is not a hole). Printed: the lowest coverage over the poses and each pose's.
   Goal ≥ 0.995 at every pose.
 - pose_error_deg: the face tracker (MediaPipe landmarks + the ICT fit, identity and focal length fixed
@@ -47,9 +48,8 @@ from models.face_tracker import FaceTracker
 from models.fitting import FaceFitter
 from models.gaussian_avatar import PortraitAvatar, PortraitAvatarConfig, build_portrait_avatar
 from models.head_model import HeadModel
-from models.photo_view import crop_image, project_points
+from models.photo_view import project_points
 from models.portrait_build import REGION_ID, triangle_labels
-from models.segmentation import person_matte
 from models.transforms import euler_to_matrix, matrix_to_euler
 from pipelines.image_io import DEFAULT_MAX_SIDE, save_image
 from pipelines.portrait import DEFAULT_PORTRAIT, fit_portrait, load_portrait
@@ -127,29 +127,10 @@ def posed_silhouette(avatar: PortraitAvatar, hair: torch.Tensor, rotation: torch
     return eroded > 0
 
 
-def hair_points(avatar: PortraitAvatar, crop: np.ndarray) -> torch.Tensor:
-    """Rest positions [N, 3] of the hair: matte pixels outside the mesh and above the chin, each at the
-    depth of its nearest head pixel."""
-    from scipy import ndimage
-
-    head, camera = avatar.head, avatar.camera
-    size = camera.height
-    with torch.no_grad():
-        vertices = avatar.rest_mesh()
-        points = project_points(vertices, camera).numpy()
-    depth = (vertices @ camera.world_to_camera[:3, :3].T + camera.world_to_camera[:3, 3])[:, 2].numpy()
-    outer = head.triangles.numpy()[np.isin(triangle_labels(head), OUTER)]
-    frags = rasterize_mesh(np.column_stack([points[:, :2], depth]), outer, size, size)
-    hit = frags.triangle >= 0
-    chin_y = points[head.landmarks68[8].item(), 1]
-    rows = np.arange(size)[:, None] < chin_y
-    hair = (person_matte(crop) > 0.5) & ~hit & rows
-    _, nearest = ndimage.distance_transform_edt(~hit, return_indices=True)
-    ys, xs = np.nonzero(hair)
-    z = frags.depth[nearest[0][ys, xs], nearest[1][ys, xs]].astype(np.float64)
-    cam = np.stack([(xs + 0.5 - camera.cx) / camera.fx * z, (ys + 0.5 - camera.cy) / camera.fy * z, z], -1)
-    m = camera.world_to_camera.numpy().astype(np.float64)
-    return torch.from_numpy((cam - m[:3, 3]) @ m[:3, :3]).float()
+def hair_points(avatar: PortraitAvatar) -> torch.Tensor:
+    """Rest positions [N, 3] of the hair that follows the head fully: the avatar's hair shell (its rigid
+    Gaussians with weight 1, the centres of the person matte's pixels outside the mesh)."""
+    return avatar.rigid_means[avatar.rigid_weights >= 1.0]
 
 
 def seam_band(avatar: PortraitAvatar) -> np.ndarray:
@@ -198,8 +179,7 @@ def run(name: str, photo: np.ndarray, size: int, head: HeadModel, tracker: FaceT
         photo, fit.to_identity(), fit.expression, head, PortraitAvatarConfig(crop_size=size)
     )
     build_s = time.perf_counter() - start
-    crop = crop_image(photo, avatar.crop_box, size)
-    hair = hair_points(avatar, crop)
+    hair = hair_points(avatar)
     band = seam_band(avatar)
     fitter = FaceFitter()
     expression = avatar.photo_offset()

@@ -514,6 +514,9 @@ def build_portrait_avatar(
     shown = shown_pixels(head, fit.posed, rest_rot, head.pivot + fit.translation, camera)
     seen_px = np.bincount(pixels.frags.triangle[pixels.hit], minlength=len(labels))
     sparse = shown > BACKED_SHARE * seen_px + BACKED_MIN_PX * (size / 512) ** 2
+    # And the neck where it twists: its skin pulls away from the still collar in front of it.
+    weights = fit.neck_weights(cfg.neck_blend_cm)
+    sparse |= (weights[head.triangles].min(1).values < 1.0).numpy() & (shown > 0)
     back, back_colors = backing(
         head, fit.posed, camera, np.nonzero(outer & sparse)[0], shown, pixels.means, pixels.colors,
         ~pixels.in_mouth,
