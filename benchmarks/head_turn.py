@@ -214,7 +214,7 @@ def run(name: str, photo: np.ndarray, size: int, head: HeadModel, tracker: FaceT
         "portrait": name,
         "size": size,
         "build_s": round(build_s, 2),
-        "hair_pixels": len(hair),
+        "hair_gaussians": len(hair),
         "coverage_min": min(coverage.values()),
         "pose_error_max_deg": max(errors) if errors else None,
         "pose_unread": sum(e is None for e in pose_error.values()),
