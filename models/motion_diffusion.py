@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from models.controls import MAX_STEPS, MotionControls
 from models.errors import HeadsplatError
 from models.latent import EXPRESSION_INDEX, NUM_EXPRESSIONS, Motion
 from models.visemes import EMOTIONS, LIP_CHANNELS
@@ -255,50 +256,6 @@ class GuidedDenoiser:
 
 # --------------------------------------------------------------------------------------------------
 # Window-by-window generation
-#: Most sampling steps a generation takes: the model is trained for few-step sampling, and more steps
-#: only cost time. 0 selects the rule-based teacher.
-MAX_STEPS = 10
-#: Largest expression_scale, pose_scale and blink_rate: beyond it faces tear and blinks flicker.
-MAX_SCALE = 10.0
-
-
-@dataclass
-class MotionControls:
-    """The controls of generated motion, the same for every generator (Talk, Avatar3D, audio_to_motion)."""
-
-    steps: int = 3
-    """Motion diffusion sampling steps; 0 uses the rule-based teacher alone."""
-    seed: int = 0
-    """Seed of head motion, blinks and gaze (lip shapes do not depend on it)."""
-    emotion: str = "neutral"
-    """Facial emotion."""
-    expression_scale: float = 1.0
-    """Multiplies facial expression (mouth and brows); 0.5 is subtler, 1.5 exaggerated."""
-    pose_scale: float = 1.0
-    """Multiplies head movement; 0 keeps the head still."""
-    blink_rate: float = 1.0
-    """Multiplies the natural blink rate (about 17 per minute while talking)."""
-    still: bool = False
-    """No head movement and no gaze drift: only the face talks."""
-
-    def check(self) -> None:
-        """Refuse controls no generator takes (steps 0 to MAX_STEPS, scales 0 to MAX_SCALE)."""
-        if not 0 <= self.steps <= MAX_STEPS:
-            raise HeadsplatError(
-                f"steps must be 0-{MAX_STEPS} (0 selects the rule-based teacher), got {self.steps}"
-            )
-        if self.seed < 0:
-            raise HeadsplatError(f"seed must be 0 or more, got {self.seed}")
-        if self.emotion not in EMOTIONS:
-            raise HeadsplatError(f"unknown emotion {self.emotion!r}; choose one of {', '.join(EMOTIONS)}")
-        for name in ("expression_scale", "pose_scale", "blink_rate"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and 0 <= value <= MAX_SCALE):
-                raise HeadsplatError(
-                    f"{name} must be a non-negative number, at most {MAX_SCALE:g}; got {value}"
-                )
-
-
 @dataclass
 class GenerationControls(MotionControls):
     """The motion controls plus the sampler's own knobs: everything one generation takes."""

@@ -14,11 +14,15 @@ closed or smiling:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from torch import Tensor
 
 from models.errors import HeadsplatError
 from models.latent import EXPRESSION_NAMES
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 SILENT_MOUTHS = ("auto", "photo", "closed")
 

@@ -20,6 +20,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
 from models.audio import VOWELS, Phone
+from models.controls import EMOTIONS
 from models.errors import HeadsplatError
 from models.latent import EXPRESSION_INDEX, NUM_EXPRESSIONS, Motion
 
@@ -231,7 +232,6 @@ def bilabial_closure(phones: Sequence[Phone], expression: np.ndarray, fps: float
 
 # --------------------------------------------------------------------------------------------------
 # Procedural parts: blinks, gaze, brows, head motion, emotion
-EMOTIONS: tuple[str, ...] = ("neutral", "happy", "sad", "angry", "surprised")
 EMOTION_OFFSETS: dict[str, dict[str, float]] = {
     "neutral": {},
     "happy": {"mouthSmile": 0.45, "cheekSquint": 0.30, "eyeSquint": 0.15, "browOuterUp": 0.05},

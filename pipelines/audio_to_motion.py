@@ -30,6 +30,7 @@ from models.audio import (
     speech_features,
     speech_level_db,
 )
+from models.controls import MAX_FPS, MIN_FPS, check_fps
 from models.errors import HeadsplatError
 from models.latent import Motion
 from models.motion_diffusion import (
@@ -59,7 +60,6 @@ STREAM_CHUNK, STREAM_LOOKAHEAD = 8, 2
 FEATURE_BLOCK_S = 20.0
 #: Motion frame rates a motion file may have: Talk's upper limit; below one frame a second a motion
 #: is a still (1e-9 fps made a one-frame file).
-MIN_FPS, MAX_FPS = 1.0, 120.0
 #: Torch threads of the command line tool (see main).
 TORCH_THREADS = 1
 
@@ -280,13 +280,6 @@ def check_controls(controls: GenerationControls) -> None:
     """GenerationControls.check for the model and the teacher alike (steps 0 picks the teacher, which takes
     the same emotion and scales)."""
     (controls if controls.steps != 0 else dataclasses.replace(controls, steps=1)).check()
-
-
-def check_fps(fps: float) -> float:
-    """`fps` if it is a usable motion frame rate, in [MIN_FPS, MAX_FPS]; NaN and inf are refused."""
-    if not (fps >= MIN_FPS and fps <= MAX_FPS):
-        raise HeadsplatError(f"fps must be in [{MIN_FPS:g}, {MAX_FPS:g}]; got {fps}")
-    return fps
 
 
 def _run(args: AudioToMotionCommand) -> int:

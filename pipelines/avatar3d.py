@@ -30,20 +30,41 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from models.errors import HeadsplatError
-from models.head_avatar import HeadAvatar, HeadAvatarConfig, build_head_avatar, turntable_cameras
-from models.head_model import HeadModel
-from pipelines.avatar_io import load_avatar, save_avatar
 from pipelines.config_cli import flag, key_only
 from pipelines.device import resolve_device
 from pipelines.drivers import GeneratorConfig, generator_parser, make_motion, run_generator
+from pipelines.lazy import bind, bind_unless_main
 from pipelines.portrait import fit_portrait, load_portrait
-from pipelines.splat_io import write_ply, write_splat
-from renderers import Camera, Gaussians, rasterize
+
+if TYPE_CHECKING:  # bound by pipelines.lazy (see _HEAVY)
+    import torch
+
+    from models.head_avatar import HeadAvatar, HeadAvatarConfig, build_head_avatar, turntable_cameras
+    from models.head_model import HeadModel
+    from pipelines.avatar_io import load_avatar, save_avatar
+    from pipelines.splat_io import write_ply, write_splat
+    from renderers import Camera, Gaussians, rasterize
+
+#: Names this module uses that import torch, numba and the renderer (see pipelines.lazy).
+_HEAVY = {
+    "torch": "torch",
+    **{
+        name: f"models.head_avatar:{name}"
+        for name in ("HeadAvatar", "HeadAvatarConfig", "build_head_avatar", "turntable_cameras")
+    },
+    "HeadModel": "models.head_model:HeadModel",
+    "load_avatar": "pipelines.avatar_io:load_avatar",
+    "save_avatar": "pipelines.avatar_io:save_avatar",
+    "write_ply": "pipelines.splat_io:write_ply",
+    "write_splat": "pipelines.splat_io:write_splat",
+    **{name: f"renderers:{name}" for name in ("Camera", "Gaussians", "rasterize")},
+}
+bind_unless_main(globals(), _HEAVY)
 
 #: The .ply and .splat are written in metres; the avatar works in the head model's cm.
 CM_PER_METRE = 100.0
@@ -164,6 +185,7 @@ def _check(cfg: Avatar3DConfig) -> Path:
 
 def avatar3d(cfg: Avatar3DConfig) -> dict[str, Path]:
     """Run Avatar3D end to end; returns the written files by name."""
+    bind(globals(), _HEAVY)
     from tqdm import tqdm
 
     from pipelines.video_io import VideoWriter

@@ -18,19 +18,19 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
+from models.controls import EMOTIONS, MAX_STEPS, MotionControls, check_fps
 from models.errors import HeadsplatError
-from models.latent import Motion
-from models.motion_diffusion import MAX_STEPS, GenerationControls, MotionControls
-from models.visemes import EMOTIONS
-from pipelines.audio_to_motion import AudioToMotion, check_fps
 from pipelines.cli import run_cli
 from pipelines.config_cli import add_config_arguments, config_from_args, flag
 from pipelines.device import DEVICES
 from pipelines.portrait import DEFAULT_PORTRAIT
+
+if TYPE_CHECKING:
+    from models.latent import Motion
 
 DEFAULT_AUDIO = Path(__file__).resolve().parents[1] / "assets" / "defaults" / "speech.wav"
 #: Longer text is refused (about 10 minutes of speech): synthesis and alignment grow with it. The app
@@ -156,6 +156,9 @@ def speak(text: str, out_wav: Path) -> Path:
 def speech_motion(samples: np.ndarray, cfg: GeneratorConfig, transcript: str | None = None) -> Motion:
     """A Motion at cfg.fps from 16 kHz speech samples [N] with the shipped generator (the rule-based teacher
     when steps is 0)."""
+    from models.motion_diffusion import GenerationControls
+    from pipelines.audio_to_motion import AudioToMotion
+
     generator = AudioToMotion.from_pretrained() if cfg.steps > 0 else AudioToMotion(None)
     controls = GenerationControls.from_controls(cfg)
     if transcript and cfg.steps == 0:  # only the teacher aligns phones to a transcript
@@ -227,6 +230,8 @@ def run_generator(
 ) -> int:
     """A generator's `main`: flags → config, `run` it (it returns what it wrote), report, exit code."""
     cfg = config_from_args(cls, parser.parse_args(argv))
+    import torch  # after the flags: `--help` and bad flags never load it
+
     torch.set_num_threads(1)  # numba renders in parallel; torch's own threads would only fight it
     start = time.perf_counter()
 

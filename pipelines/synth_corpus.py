@@ -32,10 +32,10 @@ from models.audio import (
     resample_to,
     speech_features,
 )
+from models.controls import MAX_FPS, MIN_FPS
 from models.errors import HeadsplatError
 from models.visemes import EMOTIONS, teacher_motion
 from pipelines.audio_io import load_audio, save_wav
-from pipelines.audio_to_motion import MAX_FPS, MIN_FPS
 from pipelines.cli import check_writable_folder, run_cli
 from pipelines.config_cli import add_config_arguments, config_from_args, flag
 from pipelines.device import DEVICES

@@ -19,12 +19,11 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from models.errors import HeadsplatError
-from models.gaussian_avatar import PortraitAvatar, PortraitAvatarConfig, build_portrait_avatar
-from models.head_model import HeadModel
 from models.latent import Motion
 from models.mouth_rest import SILENT_MOUTHS, ease_from_photo
 from pipelines.config_cli import flag
@@ -35,9 +34,25 @@ from pipelines.drivers import GeneratorConfig, generator_parser, make_motion, ru
 from pipelines.drivers import speak as speak
 from pipelines.drivers import speech_motion as speech_motion
 from pipelines.image_io import DEFAULT_MAX_SIDE
+from pipelines.lazy import bind, bind_unless_main
 from pipelines.portrait import DEFAULT_PORTRAIT as DEFAULT_PORTRAIT
 from pipelines.portrait import fit_portrait, load_portrait
-from renderers.compositing import FramePaster, paste_weight
+
+if TYPE_CHECKING:  # bound by pipelines.lazy (see _HEAVY)
+    from models.gaussian_avatar import PortraitAvatar, PortraitAvatarConfig, build_portrait_avatar
+    from models.head_model import HeadModel
+    from renderers.compositing import FramePaster, paste_weight
+
+#: Names this module uses that import torch, numba and the renderer (see pipelines.lazy).
+_HEAVY = {
+    "PortraitAvatar": "models.gaussian_avatar:PortraitAvatar",
+    "PortraitAvatarConfig": "models.gaussian_avatar:PortraitAvatarConfig",
+    "build_portrait_avatar": "models.gaussian_avatar:build_portrait_avatar",
+    "HeadModel": "models.head_model:HeadModel",
+    "FramePaster": "renderers.compositing:FramePaster",
+    "paste_weight": "renderers.compositing:paste_weight",
+}
+bind_unless_main(globals(), _HEAVY)
 
 # The names imported `as` themselves moved to pipelines.drivers and pipelines.portrait with the rest of the
 # driver layer; they stay importable from here for the benchmarks, tests and scripts that import them so.
@@ -96,6 +111,7 @@ def _cache_path(image_bytes: bytes, cfg: TalkConfig) -> Path | None:
 
 def prepare_avatar(cfg: TalkConfig, head: HeadModel | None = None) -> tuple[np.ndarray, PortraitAvatar]:
     """The photo [H, W, 3] uint8 and its avatar, from the cache when this portrait was built before."""
+    bind(globals(), _HEAVY)
     from pipelines.avatar_io import load_avatar, save_avatar
 
     photo = load_portrait(cfg.image, cfg.max_side)
@@ -134,6 +150,7 @@ def render_frames(
     The first frames ease from the photo's own face into the avatar's silent rest (see
     models.mouth_rest), so the video starts on the photo.
     """
+    bind(globals(), _HEAVY)
     offset = avatar.photo_offset().cpu().numpy()
     if np.any(offset):
         motion = Motion(
@@ -179,6 +196,7 @@ def check_config(cfg: TalkConfig) -> Path:
 
 def talk(cfg: TalkConfig, on_frame: Callable[[int, int], None] | None = None) -> Path:
     """Run Talk end to end and return the written mp4's path."""
+    bind(globals(), _HEAVY)
     from pipelines.motion_io import save_motion
     from pipelines.video_io import VideoWriter
 

@@ -322,3 +322,23 @@ def test_motion_files_have_the_usual_permissions(tmp_path, umask_022):
     for suffix in (".npz", ".json", ".csv"):
         save_motion(motion, tmp_path / f"m{suffix}")
         assert _mode(tmp_path / f"m{suffix}") == 0o644
+
+
+@pytest.mark.parametrize("module", ["pipelines.talk", "pipelines.avatar3d"])
+def test_help_answers_without_loading_torch_or_numba(module):
+    # `--help` and a wrong flag must not wait for torch and numba (seconds on a small machine).
+    import subprocess
+    import sys
+
+    probe = (
+        "import runpy, sys\n"
+        f"sys.argv = [{module!r}, '--help']\n"
+        "try:\n"
+        f"    runpy.run_module({module!r}, run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'numba') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert "--output" in out.stdout
+    assert "HEAVY []" in out.stdout, out.stdout[-300:]
