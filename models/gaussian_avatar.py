@@ -101,6 +101,9 @@ PIXEL_OPACITY = 0.99
 #: Coverage above which the moving layer is drawn opaque (see `PortraitAvatar.render_layers`).
 SOLID_ALPHA = 0.9
 
+#: Transmittance at which a pixel of the moving layer is done (renderers.rasterize's `t_stop`).
+SOLID_T_STOP = 0.01
+
 #: A triangle gets a backing when some head turn shows it at more than BACKED_SHARE times the pixels the
 #: photo gave it, plus BACKED_MIN_PX (at a 512 crop): seen edge-on near the outline, or not at all.
 BACKED_SHARE = 1.4
@@ -368,8 +371,15 @@ class PortraitAvatar:
         is normalised and the pixel made opaque (as EWA surface splatting normalises by its splats' summed
         weights), so pixels a sub-pixel shift leaves 95-99% covered never let the background through;
         below it (the outline's anti-aliased edge, real holes) the alpha is only scaled by 1/SOLID_ALPHA.
+        For the same reason a pixel covered 99% (SOLID_T_STOP) takes no more Gaussians: the backing and
+        whatever else lies behind it would change its colour by 1% at most, and cost most of the time.
         """
-        out = rasterize(self.gaussians(expression, rotation, translation), self.camera, backend=backend)
+        out = rasterize(
+            self.gaussians(expression, rotation, translation),
+            self.camera,
+            backend=backend,
+            t_stop=SOLID_T_STOP,
+        )
         return solid_layer(out.rgb.cpu().numpy(), out.alpha.cpu().numpy())
 
     def render_motion(self, motion: Motion, frame: int, backend: str = "auto", layers: bool = False):

@@ -299,7 +299,7 @@ def _bin(order, rects, tiles_x, n_tiles, n_chunks):  # pragma: no cover - compil
 
 @njit(cache=True)
 def _composite_tile(
-    t, params, rects, offsets, lists, tiles_x, width, height, background, rgb, alpha, depth
+    t, params, rects, offsets, lists, tiles_x, width, height, background, rgb, alpha, depth, t_stop
 ):  # pragma: no cover - compiled
     """Front-to-back compositing of one 16x16 tile with gsplat's per-pixel arithmetic."""
     half = np.float32(0.5)
@@ -363,6 +363,10 @@ def _composite_tile(
                 acc[p, 2] += cbl * w
                 acc[p, 3] += cz * w
                 trans[p] = next_t
+                if next_t <= t_stop:  # covered enough for the caller: what lies behind is not looked at
+                    done[p] = True
+                    row_alive[yy - y0] -= 1
+                    alive -= 1
         if alive == 0:
             break
     for yy in range(y0, y1):
@@ -378,13 +382,13 @@ def _composite_tile(
 
 @njit(parallel=True, cache=True)
 def _composite(
-    params, rects, offsets, lists, tile_order, tiles_x, width, height, background, rgb, alpha, depth
+    params, rects, offsets, lists, tile_order, tiles_x, width, height, background, rgb, alpha, depth, t_stop
 ):  # pragma: no cover - compiled
     """All tiles, in parallel (each tile writes only its own pixels)."""
     for k in prange(tile_order.shape[0]):
         _composite_tile(
             tile_order[k], params, rects, offsets, lists, tiles_x, width, height,
-            background, rgb, alpha, depth,
+            background, rgb, alpha, depth, t_stop,
         )  # fmt: skip
 
 
@@ -418,8 +422,12 @@ def render(
     background: np.ndarray,  # [3] f32
     stage_seconds: dict[str, float] | None = None,
     eps2d: float = EPS2D,
+    t_stop: float = float(T_MIN),
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # [H, W, 3], [H, W], [H, W] f32
     """One view: RGB (background composited), alpha and expected depth, as new float32 arrays.
+
+    `t_stop` (see `renderers.rasterize`): a pixel whose transmittance has fallen to it takes no more
+    Gaussians.
 
     `stage_seconds`, when given, receives the wall time of each stage (for benchmarks/render.py).
     """
@@ -451,7 +459,7 @@ def render(
         lap("bin")
         _composite(
             params, rects, offsets, lists, _tile_order(tiles_x * tiles_y), tiles_x, width, height,
-            background, rgb, alpha, depth,
+            background, rgb, alpha, depth, np.float32(t_stop),
         )  # fmt: skip
         lap("composite")
     if stage_seconds is not None:

@@ -74,6 +74,7 @@ def rasterize(
     background: Tensor | Sequence[float] | None = None,  # [3] RGB
     backend: str = "auto",
     eps2d: float = EPS2D,
+    t_stop: float | None = None,
 ) -> RenderOutput:
     """Render Gaussians from one camera ([H, W, ...] outputs) or a list of cameras ([C, H, W, ...]).
 
@@ -83,7 +84,9 @@ def rasterize(
     torch, slow, the test oracle), "auto" (gsplat when the Gaussians are on CUDA and gsplat imports,
     else cpu; CUDA Gaussians that fall back warn once, naming gsplat's import error). `eps2d` is the screen-space low-pass (pixels², added to each projected covariance's
     diagonal; gsplat's default 0.3, which every backend takes the same way). Outputs are float32 on the
-    Gaussians' device.
+    Gaussians' device. `t_stop` (cpu and reference backends; None: gsplat's 1e-4, and gsplat always uses
+    that): once a pixel's transmittance has fallen to `t_stop`, it takes no more Gaussians: a caller that
+    treats 99% coverage as opaque (the portrait avatar) skips what lies behind it.
     """
     if not isinstance(gaussians, Gaussians):
         raise ValueError(f"rasterize needs a Gaussians, got {type(gaussians).__name__}")
@@ -104,6 +107,8 @@ def rasterize(
         raise ValueError(f"background must be 3 finite RGB values, got {tuple(bg.shape)}")
     if not (0.0 <= float(eps2d) < 100.0):
         raise ValueError(f"eps2d must be in [0, 100) pixels², got {eps2d}")
+    if t_stop is not None and not (float(T_MIN) <= float(t_stop) < 1.0):
+        raise ValueError(f"t_stop must be in [{float(T_MIN):g}, 1), got {t_stop}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     if backend == "auto":
@@ -113,7 +118,8 @@ def rasterize(
         out = _render_gsplat(gaussians, cams, bg, eps2d)
     else:
         render_one = _render_cpu if backend == "cpu" else _render_reference
-        views = [render_one(gaussians, cam, bg, eps2d=eps2d) for cam in cams]
+        stop = float(T_MIN) if t_stop is None else float(t_stop)
+        views = [render_one(gaussians, cam, bg, eps2d=eps2d, t_stop=stop) for cam in cams]
         if single:
             return RenderOutput(*(t.to(gaussians.device) for t in views[0]))
         out = RenderOutput(*(torch.stack([v[i] for v in views]).to(gaussians.device) for i in range(3)))
@@ -166,6 +172,7 @@ def _render_cpu(
     bg: Tensor,
     stage_seconds: dict[str, float] | None = None,
     eps2d: float = EPS2D,
+    t_stop: float = float(T_MIN),
 ) -> tuple[Tensor, Tensor, Tensor]:
     from . import _cpu  # numba loads here, on the first CPU render
 
@@ -177,7 +184,7 @@ def _render_cpu(
     rgb, alpha, depth = _cpu.render(
         host(g.means), host(g.quats), host(g.scales), host(g.opacities), host(coeffs), g.colors.ndim == 3,
         m, cam.position.double().numpy(), cam.fx, cam.fy, cam.cx, cam.cy, cam.width, cam.height,
-        cam.near, cam.far, bg.numpy(), stage_seconds, eps2d,
+        cam.near, cam.far, bg.numpy(), stage_seconds, eps2d, t_stop,
     )  # fmt: skip
     return torch.from_numpy(rgb), torch.from_numpy(alpha), torch.from_numpy(depth)
 
@@ -241,7 +248,7 @@ def _exp_neg_torch(s: Tensor) -> Tensor:
 
 
 def _render_reference(
-    g: Gaussians, cam: Camera, bg: Tensor, eps2d: float = EPS2D
+    g: Gaussians, cam: Camera, bg: Tensor, eps2d: float = EPS2D, t_stop: float = float(T_MIN)
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Dense and obviously correct: every visible Gaussian at every pixel, front to back by depth."""
     proj = _project_reference(g, cam, eps2d)
@@ -275,6 +282,7 @@ def _render_reference(
         color_acc += colors[i] * weight[..., None]
         depth_acc += proj.depths[i] * weight
         trans = torch.where(use, next_trans, trans)
+        done |= use & (next_trans <= t_stop)
     alpha_out = 1.0 - trans
     rgb = color_acc + trans[..., None] * bg.to(g.device)
     depth = depth_acc / torch.clamp_min(alpha_out, 1e-10)

@@ -432,3 +432,19 @@ def test_a_broken_gsplat_falls_back_loudly_once_and_refuses_an_explicit_request(
         warnings.simplefilter("error")
         assert broken_gsplat._auto_backend(torch.device("cuda")) == "cpu"
         assert broken_gsplat._auto_backend(torch.device("cpu")) == "cpu"
+
+
+def test_t_stop_ends_a_pixel_once_it_is_covered_enough_on_both_backends():
+    g = random_scene(150, seed=11)
+    full = rasterize(g, CAM, backend="reference")
+    cpu, ref = both(g, CAM, t_stop=0.3)
+    assert_same_render(cpu, ref)
+    # A pixel stops taking Gaussians once 70% covered: what it shows differs from the full render only by
+    # what lay behind, and its coverage is at least 70% wherever the full render's was.
+    covered = full.alpha >= 0.7
+    assert covered.float().mean() > 0.1
+    assert (ref.alpha[covered] >= 0.7 - 1e-6).all()
+    assert not torch.equal(ref.rgb, full.rgb), "some pixels stopped early"
+    assert (ref.rgb - full.rgb).abs().max() < 0.35
+    with pytest.raises(ValueError, match="t_stop"):
+        rasterize(g, CAM, backend="cpu", t_stop=1.5)
