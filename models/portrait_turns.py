@@ -144,7 +144,8 @@ def hair_shell(
     person = (person > 0) | ((matte > 0.05) & (cv2.dilate(person, np.ones((9, 9), np.uint8)) > 0))
     outside = person & ~hit
     ys, xs = np.nonzero(outside)
-    z = shell_depth(hit, depth, smooth_px=SHELL_SMOOTH * hit.shape[0])[ys, xs].astype(np.float64)
+    shell = shell_depth(hit, depth, smooth_px=SHELL_SMOOTH * hit.shape[0])
+    z = shell[ys, xs].astype(np.float64)
     means = unproject(xs + 0.5, ys + 0.5, z, camera)
     rest_rot, pivot, rest_t = head_frame
     # Height on the head model (its own frame, before the photo's pose): the neck's blend weight there.
@@ -164,10 +165,7 @@ def hair_shell(
     by, bx = np.nonzero(
         back_region & ((np.arange(hit.shape[0]) % 2 == 0)[:, None]) & (np.arange(hit.shape[1]) % 2 == 0)
     )
-    back_z = (
-        shell_depth(hit, depth, smooth_px=SHELL_SMOOTH * hit.shape[0])[by, bx].astype(np.float64)
-        + HAIR_BACKING_CM
-    )
+    back_z = shell[by, bx].astype(np.float64) + HAIR_BACKING_CM
     back_means = unproject(bx + 0.5, by + 0.5, back_z, camera)
     back_height = ((back_means - pivot - rest_t) @ rest_rot + pivot)[:, 1]
     back_weights = ((back_height - low) / (high - low)).clamp(0, 1)
@@ -245,7 +243,8 @@ def shell_depth(hit: np.ndarray, depth: np.ndarray, smooth_px: float) -> np.ndar
     if not outline.any():
         return np.where(hit, depth, 0.0)
     _, nearest = ndimage.distance_transform_edt(~outline, return_indices=True)
-    return ndimage.gaussian_filter(depth[nearest[0], nearest[1]].astype(np.float64), smooth_px)
+    extended = depth[nearest[0], nearest[1]].astype(np.float32)
+    return cv2.GaussianBlur(extended, (0, 0), smooth_px, borderType=cv2.BORDER_REFLECT).astype(np.float64)
 
 
 def unproject(x: np.ndarray, y: np.ndarray, depth: np.ndarray, camera: Camera) -> Tensor:
@@ -263,7 +262,9 @@ def shown_pixels(
     centre: Tensor,  # [3] the head's pivot in the photo's world (pivot + rest translation)
     camera: Camera,
 ) -> np.ndarray:
-    """The most pixels [T] each triangle covers at the rest pose and over REVEAL_POSES."""
+    """The most pixels [T] each triangle covers at the rest pose and over REVEAL_POSES (counted at half
+    the crop's size, where it is four times cheaper, and scaled back)."""
+    camera = camera.resized((camera.width + 1) // 2, (camera.height + 1) // 2)
     size = camera.height
     shown = np.zeros(len(head.triangles), np.int64)
     triangles = head.triangles.numpy()
@@ -278,7 +279,7 @@ def shown_pixels(
         frags = rasterize_mesh(np.column_stack([xy, z]), triangles, size, size)
         counts = np.bincount(frags.triangle[frags.triangle >= 0], minlength=len(triangles))
         shown = np.maximum(shown, counts)
-    return shown
+    return 4 * shown
 
 
 def backing(
