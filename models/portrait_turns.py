@@ -262,9 +262,7 @@ def shown_pixels(
     centre: Tensor,  # [3] the head's pivot in the photo's world (pivot + rest translation)
     camera: Camera,
 ) -> np.ndarray:
-    """The most pixels [T] each triangle covers at the rest pose and over REVEAL_POSES (counted at half
-    the crop's size, where it is four times cheaper, and scaled back)."""
-    camera = camera.resized((camera.width + 1) // 2, (camera.height + 1) // 2)
+    """The most pixels [T] each triangle covers at the rest pose and over REVEAL_POSES."""
     size = camera.height
     shown = np.zeros(len(head.triangles), np.int64)
     triangles = head.triangles.numpy()
@@ -279,7 +277,7 @@ def shown_pixels(
         frags = rasterize_mesh(np.column_stack([xy, z]), triangles, size, size)
         counts = np.bincount(frags.triangle[frags.triangle >= 0], minlength=len(triangles))
         shown = np.maximum(shown, counts)
-    return 4 * shown
+    return shown
 
 
 def backing(
