@@ -4,8 +4,9 @@ The portrait avatar puts one Gaussian on every head pixel of a square crop of th
 fitted ICT triangle that pixel sees (barycentric position, rotation in the triangle frame), so moving
 the mesh moves the pixels. Around it:
 
-- pixels near the head that the mesh does not cover (hair, ears' rims, the collar) follow the head
-  rigidly with a weight that falls off with distance, so nothing tears at the silhouette;
+- the person outside the mesh (hair, hats, ears' rims; MediaPipe's selfie matte) is a shell that turns
+  with the head, the collar and the rest of the body on the fitted neck stay still in front of it, and a
+  backing skin covers what a head turn shows (models.portrait_turns);
 - surfaces hidden in the photo (eyelid folds, inner lips, the eyeballs under the lids) get fill
   Gaussians coloured from the nearest visible pixel, slightly behind the visible skin, so blinks and
   open mouths show skin rather than holes;
@@ -73,7 +74,7 @@ from models.portrait_build import (
     skin_colour,
     triangle_labels,
 )
-from models.portrait_turns import backing, body_pixels, hair_shell, shown_pixels
+from models.portrait_turns import SOLID_ALPHA, backing, body_pixels, hair_shell, shown_pixels, solid_layer
 from models.segmentation import person_matte
 from models.transforms import euler_to_matrix, matrix_to_quaternion, quaternion_multiply
 from renderers import PARALLEL_LOCK, Camera, Gaussians, composite_over, rasterize
@@ -81,6 +82,7 @@ from renderers import PARALLEL_LOCK, Camera, Gaussians, composite_over, rasteriz
 # Also importable from here: the avatar's own names, and those that lived here before the split.
 __all__ = [
     "AUTO_CROP_MAX",
+    "SOLID_ALPHA",
     "MAX_AVATAR_GAUSSIANS",
     "PortraitAvatar",
     "PortraitAvatarConfig",
@@ -90,6 +92,7 @@ __all__ = [
     "crop_image",
     "lip_gaps",
     "project_points",
+    "solid_layer",
 ]
 
 
@@ -97,9 +100,6 @@ __all__ = [
 #: take a pixel's transmittance below 1e-4, and at 1 (clamped to 0.999) one in front with 0.9 would then
 #: leave the pixel at alpha 0.9; at 0.99 a Gaussian is only dropped once the pixel is 99% covered.
 PIXEL_OPACITY = 0.99
-
-#: Coverage above which the moving layer is drawn opaque (see `PortraitAvatar.render_layers`).
-SOLID_ALPHA = 0.9
 
 #: Transmittance at which a pixel of the moving layer is done (renderers.rasterize's `t_stop`).
 SOLID_T_STOP = 0.01
@@ -474,14 +474,6 @@ class PortraitAvatar:
             moving_mask=arrays.pop("moving_mask").cpu().numpy(),
             **arrays,
         )
-
-
-def solid_layer(rgb: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A rendered layer (premultiplied rgb [S, S, 3], alpha [S, S]) with alpha scaled by 1/SOLID_ALPHA and
-    clipped at 1, its colour scaled with it (see `PortraitAvatar.render_layers`)."""
-    solid = np.minimum(alpha * np.float32(1.0 / SOLID_ALPHA), np.float32(1.0))
-    gain = solid / np.maximum(alpha, np.float32(1e-6))
-    return rgb * gain[..., None], solid
 
 
 def lip_gaps(vertices: Tensor, head: HeadModel) -> Tensor:

@@ -1,8 +1,9 @@
 """The phases of building a portrait avatar (`models.gaussian_avatar.build_portrait_avatar` runs them).
 
-Pixels the fitted mesh covers become mesh-bound Gaussians; pixels in a band outside its silhouette follow
-the head rigidly; face and eye triangles no pixel sees get fill Gaussians; the crop with everything that
-may move inpainted is the static background; a few render-and-correct passes sharpen the colours.
+Pixels the fitted mesh covers become mesh-bound Gaussians lying on its surface; eyelids and lips get fill
+Gaussians where they can open; the crop with everything that may move inpainted is the static
+background; a few render-and-correct passes sharpen the colours. The hair, the still body and the
+backing a head turn needs are models.portrait_turns.
 """
 
 from __future__ import annotations

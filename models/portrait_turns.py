@@ -1,19 +1,24 @@
 """What lets a portrait avatar turn its head (issue #16): splats that lie on the surface, the hair as a
-shell that turns with the head, and Gaussians on the surfaces a turn reveals.
+shell that turns with the head, the body held still, a backing on the surfaces a turn reveals, and the
+head drawn as a solid.
 
 - `surface_splats`: a pixel's Gaussian lies in the tangent plane of the surface it sees and covers that
   surface's footprint of the pixel (long along the slope where the surface is seen obliquely). At rest it
   projects to the same round pixel as a camera-facing disc; when the surface turns towards the camera it
   widens with the surface, so the cheek a turn brings into view stays closed instead of breaking up.
 - `hair_shell`: the person's matte (models.segmentation) outside the fitted mesh is hair, hats, ears'
-  rims and glasses' arms. Each of its pixels gets a round Gaussian at the depth of the nearest head pixel
-  (a shell around the scalp shaped like the photo's outline), following the head's rotation with the
-  neck's weight at its height: fully above the jaw, fading to the body's where long hair lies on the
-  shoulders. Round, not flat, so a turned shell never goes edge-on and see-through.
-- `revealed_fill`: triangles of the face, scalp and neck no pixel sees at rest but that a head turn within
-  the sweep shows (the far side of the nose, under the jaw, behind the cheek's outline) are tiled with
-  Gaussians coloured from their mirror image on the other side of the face where that was seen, else from
-  the nearest seen pixel.
+  rims and glasses' arms. Each of its pixels gets a round Gaussian at the depth of the head's outline
+  (blurred along it: a shell around the scalp shaped like the photo's outline), following the head's
+  rotation with the neck's weight at its height: fully above the jaw, fading to the body's where long hair
+  lies on the shoulders. Round, not flat, so a turned shell never goes edge-on; a coarser layer behind it.
+- `body_pixels`: pixels on the fitted neck that show the collar, a tie or the background stay still, in
+  front of the neck, which turns behind them.
+- `shown_pixels`, `backing`: face, scalp and neck triangles that a head turn within the sweep shows at
+  more pixels than the photo gave them (seen edge-on, or not at all: the far side of the nose, under the
+  jaw) are tiled a little behind the surface with Gaussians coloured from their mirror image on the other
+  side of the face where that was seen, else from the nearest seen pixel.
+- `solid_layer`: where the rendered head covers a pixel 90% or more it is drawn opaque, its colour
+  normalised, so the gaps a sub-pixel shift opens between pixel-sized Gaussians never show the background.
 """
 
 from __future__ import annotations
@@ -72,7 +77,7 @@ BODY_SKIN_DISTANCE = 4.0
 #: How far (cm) in front of the neck the collar's still pixels sit.
 BODY_IN_FRONT_CM = 1.0
 
-#: Head rotations (pitch, yaw, roll; degrees) whose newly visible surfaces `revealed_fill` covers: a
+#: Head rotations (pitch, yaw, roll; degrees) whose newly visible surfaces `backing` covers: a
 #: little beyond the ±20° yaw, ±10° pitch and ±5° roll natural speech reaches.
 REVEAL_POSES = ((0, 24, 0), (0, -24, 0), (12, 0, 0), (-12, 0, 0), (10, 22, 6), (-10, -22, -6),
                 (10, -22, -6), (-10, 22, 6))  # fmt: skip
@@ -331,3 +336,15 @@ def backing(
     use = found.numpy() & (near > UNSEEN_CM) & (dist < UNSEEN_CM)
     colors[torch.from_numpy(use)] = pixel_colors[source][torch.from_numpy(idx[use])]
     return binding, colors.float()
+
+
+#: Coverage above which the moving layer is drawn opaque (see `solid_layer`).
+SOLID_ALPHA = 0.9
+
+
+def solid_layer(rgb: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A rendered layer (premultiplied rgb [S, S, 3], alpha [S, S]) with alpha scaled by 1/SOLID_ALPHA and
+    clipped at 1, its colour scaled with it (see models.gaussian_avatar.PortraitAvatar.render_layers)."""
+    solid = np.minimum(alpha * np.float32(1.0 / SOLID_ALPHA), np.float32(1.0))
+    gain = solid / np.maximum(alpha, np.float32(1e-6))
+    return rgb * gain[..., None], solid
