@@ -236,6 +236,9 @@ class AudioToMotionCommand(GenerationControls):
     """Speech: wav/mp3/m4a/flac/ogg or a video's audio track."""
     out: str = dataclasses.field(kw_only=True)
     """Motion file to write: .npz, .json or Live Link Face .csv."""
+    csv_translation: bool = False
+    """With a .csv motion file: also write headsplat's HeadTranslationX/Y/Z columns (cm) after the 61
+    values Live Link Face writes (Unreal's and Blender's importers expect exactly those 61)."""
     weights: str | None = dataclasses.field(
         default=None, metadata=flag(default_help="the shipped one in weights/")
     )
@@ -298,7 +301,7 @@ def _run(args: AudioToMotionCommand) -> int:
     start = time.perf_counter()
     motion = model.generate(audio, SAMPLE_RATE, fps=args.fps, transcript=args.transcript, controls=controls)
     elapsed = time.perf_counter() - start
-    save_motion(motion, args.out)
+    save_motion(motion, args.out, csv_translation=args.csv_translation)
     print(f"wrote {args.out}: {motion.num_frames} frames at {motion.fps:g} fps in {elapsed:.2f} s")
     return 0
 

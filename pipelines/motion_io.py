@@ -20,8 +20,10 @@ MOTION_SUFFIXES = (".npz", ".json", ".csv")
 TIMECODE_FPS = 60.0
 
 
-def save_motion(motion: Motion, path: str | os.PathLike) -> Path:
-    """Write `motion` as .npz, .json or Live Link Face .csv (chosen by the suffix), atomically."""
+def save_motion(motion: Motion, path: str | os.PathLike, csv_translation: bool = False) -> Path:
+    """Write `motion` as .npz, .json or Live Link Face .csv (chosen by the suffix), atomically. A CSV has
+    Live Link Face's exact columns (Timecode, BlendShapeCount, 52 blendshapes, 9 head and eye angles);
+    `csv_translation` adds headsplat's HeadTranslationX/Y/Z after them (read back by `load_motion`)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in MOTION_SUFFIXES:
@@ -33,7 +35,7 @@ def save_motion(motion: Motion, path: str | os.PathLike) -> Path:
         elif suffix == ".json":
             tmp.write_text(json.dumps(motion.to_dict()))
         else:
-            tmp.write_text(motion_to_arkit_csv(motion), newline="")
+            tmp.write_text(motion_to_arkit_csv(motion, include_translation=csv_translation), newline="")
     return path
 
 
@@ -94,7 +96,7 @@ def _read_json(path: Path, what: str):
         raise HeadsplatError(f"cannot read {what} {path.name}: its JSON is nested too deeply") from err
 
 
-def motion_to_arkit_csv(motion: Motion, include_translation: bool = True) -> str:
+def motion_to_arkit_csv(motion: Motion, include_translation: bool = False) -> str:
     """The CSV text: Timecode, BlendShapeCount, 52 blendshapes, head and eye angles (+ translation)."""
     columns, table = motion.to_arkit_table(include_translation=include_translation)
     out = io.StringIO()

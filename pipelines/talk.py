@@ -80,6 +80,9 @@ class TalkConfig(GeneratorConfig):
     size and any photo takes bounded memory and time."""
     save_motion: str | None = None
     """Also write the motion that drove the video (.npz, .json or .csv)."""
+    csv_translation: bool = False
+    """With a .csv motion file: also write headsplat's HeadTranslationX/Y/Z columns (cm) after the 61
+    values Live Link Face writes (Unreal's and Blender's importers expect exactly those 61)."""
     cache_dir: str | None = None
     """Where built avatars are kept (default: $HEADSPLAT_CACHE or ~/.cache/headsplat); '' disables."""
     silent_mouth: str = field(default="auto", metadata=flag(choices=SILENT_MOUTHS))
@@ -220,7 +223,7 @@ def talk(cfg: TalkConfig, on_frame: Callable[[int, int], None] | None = None) ->
                     on_frame(i + 1, motion.num_frames)
         bar.close()
         if cfg.save_motion:  # after the video: an interrupted run leaves neither file
-            save_motion(motion, cfg.save_motion)
+            save_motion(motion, cfg.save_motion, csv_translation=cfg.csv_translation)
     return out
 
 

@@ -114,6 +114,9 @@ class TrackCommand(TrackConfig):
     """Photo (.jpg/.png/...) or video (.mp4/.mov/...) with a face."""
     output: str | None = field(default=None, metadata=flag("-o", "--output"))
     """Motion file to write: .csv (ARKit / Live Link Face layout), .npz or .json."""
+    csv_translation: bool = False
+    """With a .csv motion file: also write headsplat's HeadTranslationX/Y/Z columns (cm) after the 61
+    values Live Link Face writes (Unreal's and Blender's importers expect exactly those 61)."""
     identity: str | None = None
     """Identity file to write (.json): ICT coefficients, rest pose and camera."""
     overlay: str | None = None
@@ -460,7 +463,7 @@ def run(config: TrackCommand) -> TrackResult:
                 for frame, fit, marks in frames:
                     out.write(draw_overlay(frame, fit, result.fitter, marks))
     if config.output:
-        save_motion(result.motion, config.output)
+        save_motion(result.motion, config.output, csv_translation=config.csv_translation)
     if config.identity:
         save_identity(result.identity, config.identity)
     return result

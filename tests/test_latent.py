@@ -40,7 +40,7 @@ def test_round_trip_npz_json_csv_is_exact_within_1e6(tmp_path):
     from_npz = load_motion(tmp_path / "m.npz")
     save_motion(from_npz, tmp_path / "m.json")
     from_json = load_motion(tmp_path / "m.json")
-    save_motion(from_json, tmp_path / "m.csv")
+    save_motion(from_json, tmp_path / "m.csv", csv_translation=True)
     from_csv = load_motion(tmp_path / "m.csv", csv_fps=60)
     _assert_same(motion, from_csv)
     # Without a stated rate the rows' spacing tells 25 fps.
@@ -50,7 +50,7 @@ def test_round_trip_npz_json_csv_is_exact_within_1e6(tmp_path):
 @pytest.mark.parametrize(("frames", "fps"), [(10, 25.0), (25, 25.0), (7, 30.0), (300, 24.0)])
 def test_short_and_long_csv_clips_come_back_at_their_own_frame_rate(tmp_path, frames, fps):
     motion = _random_motion(frames=frames, fps=fps)
-    save_motion(motion, tmp_path / "m.csv")
+    save_motion(motion, tmp_path / "m.csv", csv_translation=True)
     _assert_same(motion, load_motion(tmp_path / "m.csv"))
 
 
@@ -245,3 +245,17 @@ def test_written_files_get_ordinary_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert stat.S_IMODE((tmp_path / "m.npz").stat().st_mode) == 0o644
+
+
+def test_csv_has_live_link_faces_exact_columns_unless_translation_is_asked_for(tmp_path):
+    motion = _random_motion(frames=5)
+    save_motion(motion, tmp_path / "plain.csv")
+    header = (tmp_path / "plain.csv").read_text().splitlines()[0].split(",")
+    # Timecode, BlendShapeCount and the 61 values BlendShapeCount declares: 52 shapes, 9 head and eye angles.
+    assert len(header) == 2 + 61 and not any(c.startswith("HeadTranslation") for c in header)
+    assert all(row.split(",")[1] == "61" for row in (tmp_path / "plain.csv").read_text().splitlines()[1:])
+    assert np.all(load_motion(tmp_path / "plain.csv").translation == 0)
+    save_motion(motion, tmp_path / "moved.csv", csv_translation=True)
+    header = (tmp_path / "moved.csv").read_text().splitlines()[0].split(",")
+    assert header[-3:] == ["HeadTranslationX", "HeadTranslationY", "HeadTranslationZ"]
+    np.testing.assert_allclose(load_motion(tmp_path / "moved.csv").translation, motion.translation, atol=1e-6)
