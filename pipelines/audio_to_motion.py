@@ -238,7 +238,7 @@ class AudioToMotionCommand(GenerationControls):
     """Motion file to write: .npz, .json or Live Link Face .csv."""
     csv_translation: bool = False
     """With a .csv motion file: also write headsplat's HeadTranslationX/Y/Z columns (cm) after the 61
-    values Live Link Face writes (Unreal's and Blender's importers expect exactly those 61)."""
+    values Live Link Face writes (importers made for the app's files may expect exactly those)."""
     weights: str | None = dataclasses.field(
         default=None, metadata=flag(default_help="the shipped one in weights/")
     )

@@ -82,7 +82,7 @@ class TalkConfig(GeneratorConfig):
     """Also write the motion that drove the video (.npz, .json or .csv)."""
     csv_translation: bool = False
     """With a .csv motion file: also write headsplat's HeadTranslationX/Y/Z columns (cm) after the 61
-    values Live Link Face writes (Unreal's and Blender's importers expect exactly those 61)."""
+    values Live Link Face writes (importers made for the app's files may expect exactly those)."""
     cache_dir: str | None = None
     """Where built avatars are kept (default: $HEADSPLAT_CACHE or ~/.cache/headsplat); '' disables."""
     silent_mouth: str = field(default="auto", metadata=flag(choices=SILENT_MOUTHS))

@@ -116,7 +116,7 @@ class TrackCommand(TrackConfig):
     """Motion file to write: .csv (ARKit / Live Link Face layout), .npz or .json."""
     csv_translation: bool = False
     """With a .csv motion file: also write headsplat's HeadTranslationX/Y/Z columns (cm) after the 61
-    values Live Link Face writes (Unreal's and Blender's importers expect exactly those 61)."""
+    values Live Link Face writes (importers made for the app's files may expect exactly those)."""
     identity: str | None = None
     """Identity file to write (.json): ICT coefficients, rest pose and camera."""
     overlay: str | None = None
