@@ -107,11 +107,9 @@ def posed_silhouette(avatar: PortraitAvatar, hair: torch.Tensor, rotation: torch
     offset = avatar.photo_offset()
     with torch.no_grad():
         vertices = avatar.mesh(offset[None], rotation[None], zero[None])[0]
-        points = project_points(vertices, camera).numpy()
-    depth = (vertices @ camera.world_to_camera[:3, :3].T + camera.world_to_camera[:3, 3])[:, 2].numpy()
-    labels = triangle_labels(head)
-    outer = head.triangles.numpy()[np.isin(labels, OUTER)]
-    frags = rasterize_mesh(np.column_stack([points[:, :2], depth]), outer, size, size)
+        points = project_points(vertices, camera).numpy()  # pixel x, pixel y, depth
+    outer = head.triangles.numpy()[np.isin(triangle_labels(head), OUTER)]
+    frags = rasterize_mesh(points, outer, size, size)
     inside = frags.triangle >= 0
     if len(hair):
         rot, shift = avatar.rigid_transform(rotation[None], zero[None])
@@ -166,8 +164,9 @@ def read_rotation(tracker: FaceTracker, fitter: FaceFitter, frame: np.ndarray, i
     if not faces:
         return None, None
     size = (image.shape[1], image.shape[0])
-    fit = fitter.fit_image(faces[0].points, size) if identity is None else None
-    if identity is not None:
+    if identity is None:
+        fit = fitter.fit_image(faces[0].points, size)
+    else:
         fit = fitter.start_track(identity, faces[0].points, size)
     return np.asarray(fit.rotation, np.float64), fit
 

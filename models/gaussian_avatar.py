@@ -500,19 +500,19 @@ def build_portrait_avatar(
 
     labels = triangle_labels(head)
     pixels = bind_pixels(head, fit.posed, camera, crop, labels, cfg.pixel_sigma, cfg.thickness)
-    rest_rot = euler_to_matrix(fit.rotation[None])[0]
     matte = person_matte(crop)
     band = hair_shell(
-        crop, matte, pixels.hit, pixels.frags.depth, camera,
-        (rest_rot, head.pivot, fit.translation), cfg.neck_blend_cm, cfg.pixel_sigma,
-    )  # fmt: skip
+        crop, matte, pixels.hit, pixels.frags.depth, camera, fit, cfg.neck_blend_cm, cfg.pixel_sigma
+    )
     skin = skin_colour(pixels)
     seen = photo_mouth(head, fit.posed, camera, crop, skin)
     inside = bind_mouth_pixels(head, fit.posed, camera, pixels, seen, cfg.pixel_sigma, cfg.thickness)
     fill, fill_colors = hidden_fill(head, fit.posed, pixels, labels, seal_lips=seen.open)
-    # Behind the pixels, a coarser skin over every face and scalp surface a head turn may show: it keeps
-    # the head opaque between pixels pulled apart by a turn, and covers what the photo did not see.
+    # Behind the pixels, a coarser skin over the face and scalp surfaces a head turn shows at more pixels
+    # than the photo gave them: it keeps the head opaque where a turn pulls pixels apart, and covers what
+    # the photo did not see.
     outer = np.isin(labels, [REGION_ID["face"], REGION_ID["head_and_neck"]])
+    rest_rot = euler_to_matrix(fit.rotation[None])[0]
     shown = shown_pixels(head, fit.posed, rest_rot, head.pivot + fit.translation, camera)
     seen_px = np.bincount(pixels.frags.triangle[pixels.hit], minlength=len(labels))
     sparse = shown > BACKED_SHARE * seen_px + BACKED_MIN_PX * (size / 512) ** 2
@@ -520,7 +520,7 @@ def build_portrait_avatar(
     weights = fit.neck_weights(cfg.neck_blend_cm)
     sparse |= (weights[head.triangles].min(1).values < 1.0).numpy() & (shown > 0)
     back, back_colors = backing(
-        head, fit.posed, camera, np.nonzero(outer & sparse)[0], shown, pixels.means, pixels.colors,
+        head, fit.posed, pixels.frames[1], camera, np.nonzero(outer & sparse)[0], shown, pixels.means, pixels.colors,
         ~pixels.in_mouth,
     )  # fmt: skip
     fill = MeshBinding.concatenate([fill, back])
@@ -539,24 +539,19 @@ def build_portrait_avatar(
     rows, cols = np.nonzero(pixels.hit)
     on_neck = torch.from_numpy(labels[pixels.binding.triangle.numpy()] == REGION_ID["head_and_neck"])
     body = body_pixels(
-        pixels.means, pixels.colors, pixels.on_face, on_neck, matte, rows, cols, camera,
-        (rest_rot, head.pivot, fit.translation), cfg.neck_blend_cm[1], cfg.pixel_sigma,
+        pixels.means, pixels.colors, pixels.on_face, on_neck, matte, rows, cols, camera, fit,
+        cfg.neck_blend_cm[1], cfg.pixel_sigma,
     )  # fmt: skip
     outside = torch.ones(len(pixels.colors), dtype=torch.bool)
     outside[inside] = False
     outside[body.rows] = False
-    # The still pixels join the rigid set with weight 0, between the hair's own pixels and its backing.
+    # The still pixels join the rigid set with weight 0, between the hair's own pixels and its backing
+    # (the pixels' own colours, the first front + still, are refined; the backing's are not).
     front, still = band.front, len(body.rows)
-    rigid = [
-        torch.cat([getattr(band, name)[:front], extra, getattr(band, name)[front:]])
-        for name, extra in (
-            ("means", body.means),
-            ("quats", torch.tensor([1.0, 0.0, 0.0, 0.0]).expand(still, 4)),
-            ("scales", body.scales),
-            ("colors", body.colors),
-            ("weights", torch.zeros(still)),
-        )
-    ]
+
+    def rigid(hair: Tensor, body_part: Tensor) -> Tensor:
+        return torch.cat([hair[:front], body_part, hair[front:]])
+
     face_px = pixels.binding.subset(outside)
     binding = MeshBinding.concatenate([face_px, fill, pixels.binding.subset(inside), mouth.binding])
     avatar = PortraitAvatar(
@@ -572,11 +567,11 @@ def build_portrait_avatar(
             [pixels.colors[outside], fill_colors, pixels.colors[inside], mouth.colors]
         ).float(),
         bound_opacities=torch.full((len(binding),), PIXEL_OPACITY),
-        rigid_means=rigid[0],
-        rigid_quats=rigid[1].contiguous(),
-        rigid_scales=rigid[2],
-        rigid_colors=rigid[3],
-        rigid_weights=rigid[4],
+        rigid_means=rigid(band.means, body.means),
+        rigid_quats=rigid(band.quats, torch.tensor([1.0, 0.0, 0.0, 0.0]).expand(still, 4)),
+        rigid_scales=rigid(band.scales, body.scales),
+        rigid_colors=rigid(band.colors, body.colors),
+        rigid_weights=rigid(band.weights, torch.zeros(still)),
         vertex_weights=fit.neck_weights(cfg.neck_blend_cm),
         background=background,
         moving_mask=moving_mask,

@@ -18,6 +18,7 @@ from torch import Tensor
 from models.errors import HeadsplatError
 from models.head_model import HeadModel
 from models.latent import NUM_EXPRESSIONS, Identity
+from models.transforms import euler_to_matrix
 from renderers import Camera
 
 
@@ -42,12 +43,24 @@ class FittedHead:
     translation: Tensor  # [3] cm
     shape: Tensor  # [V, 3] the mesh with that expression, unposed (the avatar's canonical world)
     posed: Tensor  # [V, 3] the same mesh posed as in the photo (the photo's world)
+    pivot: Tensor  # [3] the head model's pivot
 
     def neck_weights(self, neck_blend_cm: tuple[float, float]) -> Tensor:
-        """Share [V] of the head's motion each vertex follows: 0 below the first of the neck heights
-        (y, cm, on `shape`), 1 above the second, linear between."""
-        low, high = neck_blend_cm
-        return ((self.shape[:, 1] - low) / (high - low)).clamp(0, 1)
+        """Share [V] of the head's motion each vertex follows (`neck_blend` of its height on `shape`)."""
+        return neck_blend(self.shape[:, 1], neck_blend_cm)
+
+    def height(self, points: Tensor) -> Tensor:
+        """Height [N] (y, cm) on the head model, in its own frame before the photo's pose, of world points
+        [N, 3] in the photo's world (the inverse of the fitted pose: R^T (x - pivot - t) + pivot)."""
+        rest_rot = euler_to_matrix(self.rotation[None])[0]
+        return ((points - self.pivot - self.translation) @ rest_rot + self.pivot)[:, 1]
+
+
+def neck_blend(height: Tensor, neck_blend_cm: tuple[float, float]) -> Tensor:
+    """Share of the head's motion at a height (y, cm, on the head model): 0 below the first of the neck
+    heights, 1 above the second, linear between."""
+    low, high = neck_blend_cm
+    return ((height - low) / (high - low)).clamp(0, 1)
 
 
 def fitted_head(identity: Identity, rest_expression: np.ndarray, head: HeadModel) -> FittedHead:
@@ -59,7 +72,7 @@ def fitted_head(identity: Identity, rest_expression: np.ndarray, head: HeadModel
     with torch.no_grad():
         shape = head.shape(ident, expression)[0]
         posed = head.pose(shape[None], rotation[None], translation[None])[0]
-    return FittedHead(ident, expression, rotation, translation, shape, posed)
+    return FittedHead(ident, expression, rotation, translation, shape, posed, head.pivot)
 
 
 def portrait_camera(identity: Identity, crop_box: tuple[float, float, float, float], size: int) -> Camera:

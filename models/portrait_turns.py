@@ -34,9 +34,9 @@ from scipy.spatial import cKDTree
 from torch import Tensor
 
 from models.head_model import HeadModel
-from models.mesh_binding import MeshBinding, surface_points, triangle_frames
+from models.mesh_binding import MeshBinding, surface_points
 from models.mesh_symmetry import mirror_points
-from models.photo_view import project_points
+from models.photo_view import FittedHead, neck_blend, project_points
 from models.surface_placement import surface_binding
 from models.transforms import euler_to_matrix, matrix_to_quaternion
 from renderers import Camera
@@ -135,7 +135,7 @@ def hair_shell(
     hit: np.ndarray,  # [S, S] the pixels the fitted mesh covers
     depth: np.ndarray,  # [S, S] the fitted mesh's depth there (cm)
     camera: Camera,
-    head_frame: tuple[Tensor, Tensor, Tensor],  # rest rotation [3, 3], pivot [3], rest translation [3]
+    fit: FittedHead,
     neck_blend_cm: tuple[float, float],
     sigma_px: float,
 ) -> HairShell:
@@ -152,11 +152,8 @@ def hair_shell(
     shell = shell_depth(hit, depth, smooth_px=SHELL_SMOOTH * hit.shape[0])
     z = shell[ys, xs].astype(np.float64)
     means = unproject(xs + 0.5, ys + 0.5, z, camera)
-    rest_rot, pivot, rest_t = head_frame
-    # Height on the head model (its own frame, before the photo's pose): the neck's blend weight there.
-    height = ((means - pivot - rest_t) @ rest_rot + pivot)[:, 1]
-    low, high = neck_blend_cm
-    weights = ((height - low) / (high - low)).clamp(0, 1)
+    # The neck's blend weight at each pixel's height on the head model.
+    weights = neck_blend(fit.height(means), neck_blend_cm)
     keep = (weights > 0).numpy()
     ys, xs, z, means, weights = ys[keep], xs[keep], z[keep], means[keep], weights[keep]
     region = np.zeros_like(hit)
@@ -172,8 +169,7 @@ def hair_shell(
     )
     back_z = shell[by, bx].astype(np.float64) + HAIR_BACKING_CM
     back_means = unproject(bx + 0.5, by + 0.5, back_z, camera)
-    back_height = ((back_means - pivot - rest_t) @ rest_rot + pivot)[:, 1]
-    back_weights = ((back_height - low) / (high - low)).clamp(0, 1)
+    back_weights = neck_blend(fit.height(back_means), neck_blend_cm)
     back_colors = torch.from_numpy(crop[by, bx]).float()
     means = torch.cat([means, back_means])
     sigma = torch.from_numpy(np.concatenate([sigma_px * z, 4 * sigma_px * back_z]) / camera.fx).float()
@@ -210,16 +206,14 @@ def body_pixels(
     pixel_rows: np.ndarray,  # [Np] each pixel's row in the crop
     pixel_cols: np.ndarray,  # [Np] each pixel's column
     camera: Camera,
-    head_frame: tuple[Tensor, Tensor, Tensor],  # rest rotation [3, 3], pivot [3], rest translation [3]
+    fit: FittedHead,
     below_cm: float,
     sigma_px: float,
 ) -> BodyPixels:
     """The neck pixels below `below_cm` (height on the head model) that are background (matte < 0.5) or
     not skin: further than BODY_SKIN_DISTANCE standard deviations (Mahalanobis, CIELAB) from the face's
     colours."""
-    rest_rot, pivot, rest_t = head_frame
-    height = ((means - pivot - rest_t) @ rest_rot + pivot)[:, 1]
-    candidate = on_neck & (height < below_cm)
+    candidate = on_neck & (fit.height(means) < below_cm)
     lab = cv2.cvtColor(colors.numpy().astype(np.float32)[None], cv2.COLOR_RGB2LAB)[0].astype(np.float64)
     face = lab[on_face.numpy()]
     if len(face) < 50:
@@ -231,8 +225,7 @@ def body_pixels(
     background = matte[pixel_rows, pixel_cols] < 0.5
     rows = torch.from_numpy(np.nonzero(candidate.numpy() & (not_skin | background))[0])
     # In front of the neck along the pixel's ray, by BODY_IN_FRONT_CM.
-    cam = means[rows] @ camera.world_to_camera[:3, :3].T + camera.world_to_camera[:3, 3]
-    z = cam[:, 2] - BODY_IN_FRONT_CM
+    z = project_points(means[rows], camera)[:, 2] - BODY_IN_FRONT_CM
     still = unproject(
         pixel_cols[rows.numpy()] + 0.5, pixel_rows[rows.numpy()] + 0.5, z.double().numpy(), camera
     )
@@ -271,15 +264,12 @@ def shown_pixels(
     size = camera.height
     shown = np.zeros(len(head.triangles), np.int64)
     triangles = head.triangles.numpy()
-    rot = camera.world_to_camera[:3, :3]
     for degrees in ((0, 0, 0), *REVEAL_POSES):
         turn = euler_to_matrix(torch.tensor([math.radians(d) for d in degrees]))
         # Rotate about the head's pivot in its own frame (R = R_rest · R_motion, as the avatar poses it).
         a = rest_rotation @ turn @ rest_rotation.T
         moved = (rest_mesh - centre) @ a.T + centre
-        xy = project_points(moved, camera).numpy()[:, :2]
-        z = (moved @ rot.T + camera.world_to_camera[:3, 3])[:, 2].numpy()
-        frags = rasterize_mesh(np.column_stack([xy, z]), triangles, size, size)
+        frags = rasterize_mesh(project_points(moved, camera).numpy(), triangles, size, size)
         counts = np.bincount(frags.triangle[frags.triangle >= 0], minlength=len(triangles))
         shown = np.maximum(shown, counts)
     return shown
@@ -288,6 +278,7 @@ def shown_pixels(
 def backing(
     head: HeadModel,
     rest_mesh: Tensor,
+    triangle_size: Tensor,  # [T] triangle_frames(rest_mesh, head.triangles)[1]
     camera: Camera,
     chosen: np.ndarray,  # [C] triangle indices
     pixels_shown: np.ndarray,  # [T] pixels each triangle covers at most (`shown_pixels`)
@@ -319,9 +310,8 @@ def backing(
     points = surface_points(rest_mesh, head.triangles, binding.triangle, binding.barycentric)
     # Behind the surface, far enough that none is sorted in front of the pixels it backs: a Gaussian a few
     # pixels wide on a steep slope spans that much depth.
-    cam = points @ camera.world_to_camera[:3, :3].T + camera.world_to_camera[:3, 3]
-    footprint = cam[:, 2] / camera.fx  # cm per pixel
-    k = triangle_frames(rest_mesh, head.triangles)[1][binding.triangle]
+    footprint = project_points(points, camera)[:, 2] / camera.fx  # cm per pixel
+    k = triangle_size[binding.triangle]
     binding.offset[:] = -BACKING_PIXELS_BEHIND * footprint / k
     # No wider than BACKING_MAX_PX pixels: one Gaussian on a big, mostly hidden triangle (the scalp under
     # the hair, the back of the neck) would otherwise cost the renderer its whole width, every frame.

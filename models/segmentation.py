@@ -2,7 +2,7 @@
 
 The model takes a 256 × 256 RGB image in [0, 1] and gives each pixel the probability that it shows the
 person, hair, hats and glasses included. The portrait avatar uses it to tell hair from background around
-the fitted head (models.portrait_build.hair_shell), so the hair turns with the head and the background
+the fitted head (models.portrait_turns.hair_shell), so the hair turns with the head and the background
 behind it is inpainted rather than dragged along.
 """
 

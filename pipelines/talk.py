@@ -114,7 +114,6 @@ def _cache_path(image_bytes: bytes, cfg: TalkConfig) -> Path | None:
 
 def prepare_avatar(cfg: TalkConfig, head: HeadModel | None = None) -> tuple[np.ndarray, PortraitAvatar]:
     """The photo [H, W, 3] uint8 and its avatar, from the cache when this portrait was built before."""
-    bind(globals(), _HEAVY)
     from pipelines.avatar_io import load_avatar, save_avatar
 
     photo = load_portrait(cfg.image, cfg.max_side)
@@ -153,7 +152,6 @@ def render_frames(
     The first frames ease from the photo's own face into the avatar's silent rest (see
     models.mouth_rest), so the video starts on the photo.
     """
-    bind(globals(), _HEAVY)
     offset = avatar.photo_offset().cpu().numpy()
     if np.any(offset):
         motion = Motion(
