@@ -7,7 +7,7 @@ built from these without loading a model).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from models.errors import HeadsplatError
 
@@ -67,3 +67,32 @@ class MotionControls:
                 raise HeadsplatError(
                     f"{name} must be a non-negative number, at most {MAX_SCALE:g}; got {value}"
                 )
+
+
+@dataclass
+class GenerationControls(MotionControls):
+    """The motion controls plus the sampler's own knobs: everything one generation takes."""
+
+    guidance: float = 1.0
+    """Classifier-free guidance on audio (0 = plain conditional sampling)."""
+    emotion_strength: float = 0.8
+    """0-1 strength of the emotion."""
+    voice_gate: bool = True
+    """Scale lip movement by voice activity, so that noise and silence keep the mouth closed."""
+
+    @classmethod
+    def from_controls(cls, controls: MotionControls, **knobs) -> GenerationControls:
+        """`controls` (a pipeline's config is one) with the sampler's knobs at their defaults or `knobs`."""
+        return cls(**{f.name: getattr(controls, f.name) for f in fields(MotionControls)}, **knobs)
+
+    def check(self) -> None:
+        """As MotionControls.check, for the diffusion model: at least one step (the teacher is not sampled)."""
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise HeadsplatError(
+                f"steps must be 1-{MAX_STEPS} for the diffusion model (0 selects the teacher), got {self.steps}"
+            )
+        super().check()
+        if not math.isfinite(self.guidance):
+            raise HeadsplatError(f"guidance must be a number, got {self.guidance}")
+        if not 0.0 <= self.emotion_strength <= 1.0:  # NaN fails too
+            raise HeadsplatError(f"emotion_strength must be 0-1, got {self.emotion_strength}")

@@ -19,7 +19,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from models.controls import MAX_STEPS, MotionControls
+from models.controls import MAX_STEPS as MAX_STEPS  # re-exported: importers read the limits from here
+from models.controls import GenerationControls
+from models.controls import MotionControls as MotionControls
 from models.errors import HeadsplatError
 from models.latent import EXPRESSION_INDEX, NUM_EXPRESSIONS, Motion
 from models.visemes import EMOTIONS, LIP_CHANNELS
@@ -256,35 +258,6 @@ class GuidedDenoiser:
 
 # --------------------------------------------------------------------------------------------------
 # Window-by-window generation
-@dataclass
-class GenerationControls(MotionControls):
-    """The motion controls plus the sampler's own knobs: everything one generation takes."""
-
-    guidance: float = 1.0
-    """Classifier-free guidance on audio (0 = plain conditional sampling)."""
-    emotion_strength: float = 0.8
-    """0-1 strength of the emotion."""
-    voice_gate: bool = True
-    """Scale lip movement by voice activity, so that noise and silence keep the mouth closed."""
-
-    @classmethod
-    def from_controls(cls, controls: MotionControls, **knobs) -> GenerationControls:
-        """`controls` (a pipeline's config is one) with the sampler's knobs at their defaults or `knobs`."""
-        return cls(**{f.name: getattr(controls, f.name) for f in fields(MotionControls)}, **knobs)
-
-    def check(self) -> None:
-        """As MotionControls.check, for the diffusion model: at least one step (the teacher is not sampled)."""
-        if not 1 <= self.steps <= MAX_STEPS:
-            raise HeadsplatError(
-                f"steps must be 1-{MAX_STEPS} for the diffusion model (0 selects the teacher), got {self.steps}"
-            )
-        super().check()
-        if not math.isfinite(self.guidance):
-            raise HeadsplatError(f"guidance must be a number, got {self.guidance}")
-        if not 0.0 <= self.emotion_strength <= 1.0:  # NaN fails too
-            raise HeadsplatError(f"emotion_strength must be 0-1, got {self.emotion_strength}")
-
-
 def _emotion_vector(controls: GenerationControls) -> Tensor:
     vec = torch.zeros(1, len(EMOTIONS))
     if controls.emotion == "neutral":

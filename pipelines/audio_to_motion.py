@@ -15,9 +15,9 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from models.audio import (
     SAMPLE_RATE,
@@ -30,25 +30,41 @@ from models.audio import (
     speech_features,
     speech_level_db,
 )
-from models.controls import MAX_FPS, MIN_FPS, check_fps
+from models.controls import EMOTIONS, MAX_FPS, MAX_STEPS, MIN_FPS, GenerationControls, check_fps
 from models.errors import HeadsplatError
 from models.latent import Motion
-from models.motion_diffusion import (
-    MAX_STEPS,
-    MODEL_POSE_GAIN,
-    BlinkKeeper,
-    GenerationControls,
-    MotionDenoiser,
-    MotionModelConfig,
-    generate_frames,
-    postprocess,
-)
-from models.visemes import EMOTIONS, teacher_motion
 from pipelines.cli import check_output, run_cli
 from pipelines.config_cli import add_config_arguments, config_from_args, flag
 from pipelines.device import DEVICES
 from pipelines.files import require_file
+from pipelines.lazy import bind, bind_unless_main
 from pipelines.motion_io import MOTION_SUFFIXES
+
+if TYPE_CHECKING:  # bound by pipelines.lazy (see _HEAVY)
+    import torch
+
+    from models.motion_diffusion import (
+        MODEL_POSE_GAIN,
+        BlinkKeeper,
+        MotionDenoiser,
+        MotionModelConfig,
+        generate_frames,
+        postprocess,
+    )
+    from models.visemes import teacher_motion
+
+#: Names this module uses that import torch or scipy (see pipelines.lazy): `--help` answers at once.
+_HEAVY = {
+    "torch": "torch",
+    "MODEL_POSE_GAIN": "models.motion_diffusion:MODEL_POSE_GAIN",
+    "BlinkKeeper": "models.motion_diffusion:BlinkKeeper",
+    "MotionDenoiser": "models.motion_diffusion:MotionDenoiser",
+    "MotionModelConfig": "models.motion_diffusion:MotionModelConfig",
+    "generate_frames": "models.motion_diffusion:generate_frames",
+    "postprocess": "models.motion_diffusion:postprocess",
+    "teacher_motion": "models.visemes:teacher_motion",
+}
+bind_unless_main(globals(), _HEAVY)
 
 #: The shipped default model (trained by pipelines.train_motion on the synthetic corpus).
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "motion_diffusion.safetensors"
@@ -308,6 +324,7 @@ def _run(args: AudioToMotionCommand) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = config_from_args(AudioToMotionCommand, build_parser().parse_args(argv))
+    bind(globals(), _HEAVY)
     # The 1.2M-parameter model multiplies small matrices, where extra threads mostly wait on each other.
     # On a 2-core machine, assets/defaults/speech.wav (6.7 s) took 1.10-1.16 s to generate with one
     # torch thread and 1.19-1.23 s with two, up to 2.3 s with two while other work ran; with every core

@@ -21,21 +21,35 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from models.errors import HeadsplatError
 from models.face_tracker import FaceAlignmentLandmarker, FaceTracker, FaceTrackerConfig
-from models.fitting import FaceFit, FaceFitter, FitConfig
-from models.landmark_smoothing import smooth_landmarks
 from models.latent import NUM_EXPRESSIONS, Identity, Motion
-from models.transforms import relative_pose
 from pipelines.config_cli import add_config_arguments, config_from_args, field_docs, flag, no_flag
 from pipelines.device import DEVICES
 from pipelines.image_io import is_image_path, load_image, save_image
+from pipelines.lazy import bind, bind_unless_main
 from pipelines.motion_io import MOTION_SUFFIXES, save_identity, save_motion
 from pipelines.video_io import VideoWriter, read_video
+
+if TYPE_CHECKING:  # bound by pipelines.lazy (see _HEAVY)
+    from models.fitting import FaceFit, FaceFitter, FitConfig
+    from models.landmark_smoothing import smooth_landmarks
+    from models.transforms import relative_pose
+
+#: Names this module uses that import torch (see pipelines.lazy): `--help` and a wrong flag answer at once.
+_HEAVY = {
+    "FaceFit": "models.fitting:FaceFit",
+    "FaceFitter": "models.fitting:FaceFitter",
+    "FitConfig": "models.fitting:FitConfig",
+    "smooth_landmarks": "models.landmark_smoothing:smooth_landmarks",
+    "relative_pose": "models.transforms:relative_pose",
+}
+bind_unless_main(globals(), _HEAVY)
 
 #: Chains of the 68-point layout (jaw, brows, nose, eyes, lips) as edges, for overlays.
 IBUG68_EDGES = np.array(
@@ -473,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.cli import run_cli
 
     config = config_from_args(TrackCommand, build_parser().parse_args(argv))
+    bind(globals(), _HEAVY)
     # imageio-ffmpeg logs a warning for every rotated phone video, which read_video already handles.
     logging.getLogger("imageio_ffmpeg").setLevel(logging.ERROR)
 
