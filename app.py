@@ -1,4 +1,4 @@
-"""headsplat in the browser: Talk, Avatar3D and Guide tabs over the same pipeline functions as the CLIs.
+"""headsplat in the browser: Talk, Live, Avatar3D and Guide tabs over the same pipeline functions as the CLIs.
 
     python app.py                          # serves http://127.0.0.1:7860
     HEADSPLAT_MAX_SECONDS=20 python app.py # a shorter audio limit
@@ -11,6 +11,7 @@ HEADSPLAT_QUEUE_SIZE (jobs waiting, default 16), HEADSPLAT_TALK_SIZE (default re
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -213,6 +214,82 @@ def run_talk(
                 yield gr.skip(), str(event.video), stream.motion_file
     except HeadsplatError as err:
         raise user_error(err) from err
+
+
+# ------------------------------------------------------------------------------------------------
+# Live
+#: Live sessions running now: each takes both cores to hold real time, so the app runs one at a time.
+_LIVE_LOCK = threading.Lock()
+_LIVE: dict[str, object] = {}
+
+
+def live_status(session) -> str:
+    """One line about a running session: frames, latency, drops."""
+    stats = session.stats
+    recent = list(itertools.islice(reversed(stats.latencies), 50))
+    if not recent:
+        return "Live: listening. Speak into the microphone; the head idles meanwhile."
+    recent = sorted(recent)
+    p50, p95 = recent[len(recent) // 2], recent[int(0.95 * (len(recent) - 1))]
+    return (
+        f"Live: {stats.frames} frames, latency (audio in to frame out) median {1000 * p50:.0f} ms, "
+        f"95% under {1000 * p95:.0f} ms; {stats.dropped_late} dropped to keep up."
+    )
+
+
+def run_live_start(portrait: str | None, size: float, request: gr.Request):
+    """Fit the portrait and start a live session for this browser tab; show its first frame."""
+    from pipelines.live import LiveConfig, LiveSession
+
+    if not portrait:
+        raise gr.Error("upload a portrait photo (or take one with the webcam)", title="No portrait")
+    require_suffix(portrait, IMAGE_SUFFIXES, "portrait")
+    key = request.session_hash or "local"
+    with _LIVE_LOCK:
+        old = _LIVE.pop(key, None)
+        if old is not None:
+            old.close()
+        if _LIVE:
+            raise gr.Error("another live session is running; try again when it ends", title="Busy")
+        try:
+            session = LiveSession(LiveConfig(image=portrait, size=int(size), idle_after=0.3))
+        except HeadsplatError as err:
+            raise user_error(err) from err
+        _LIVE[key] = session
+    return session.photo, live_status(session), gr.Timer(active=True)
+
+
+def run_live_push(chunk, request: gr.Request) -> None:
+    """A microphone chunk (rate, samples) from the browser into this tab's session."""
+    session = _LIVE.get(request.session_hash or "local")
+    if session is None or chunk is None:
+        return
+    rate, samples = chunk
+    try:
+        session.push(samples, sample_rate=int(rate))
+    except HeadsplatError as err:
+        raise user_error(err) from err
+
+
+def run_live_frame(request: gr.Request):
+    """The newest frame of this tab's session (the timer asks ~12 times a second)."""
+    session = _LIVE.get(request.session_hash or "local")
+    if session is None:
+        return gr.skip(), gr.skip()
+    try:
+        frame = session.latest()
+    except HeadsplatError as err:
+        _LIVE.pop(request.session_hash or "local", None)
+        raise user_error(err) from err
+    return (gr.skip() if frame is None else frame.image), live_status(session)
+
+
+def run_live_stop(request: gr.Request):
+    with _LIVE_LOCK:
+        session = _LIVE.pop(request.session_hash or "local", None)
+    if session is not None:
+        session.close()
+    return "Live: stopped.", gr.Timer(active=False)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -475,6 +552,32 @@ def _talk_tab() -> None:
     go.click(run_talk, inputs, [live, video, motion], api_name="talk", concurrency_id="talk")
 
 
+def _live_tab() -> None:
+    gr.Markdown(
+        "Talk into the microphone and the portrait talks with you, live, on this machine's CPU. Pick a "
+        "portrait, press Start, then record. Between words the head breathes, blinks and looks around."
+    )
+    with gr.Row():
+        with gr.Column():
+            portrait = _portrait_input()
+            size = gr.Radio([256, 320], value=256, label="Live size (px): 256 holds real time on 2 cores")
+            with gr.Row():
+                start = gr.Button("Start", variant="primary")
+                stop = gr.Button("Stop")
+            mic = gr.Audio(label="Microphone", sources=["microphone"], streaming=True, type="numpy")
+        with gr.Column():
+            view = gr.Image(label="Live head", format="jpeg", interactive=False, height=420)
+            status = gr.Markdown("Live: not started.")
+    gr.Examples(examples=[[str(DEFAULTS / "portrait.jpg")]], inputs=[portrait], label="The shipped portrait")
+    start.click(
+        run_live_start, [portrait, size], [view, status], api_name="live_start", concurrency_id="live"
+    )
+    mic.stream(run_live_push, [mic], None, stream_every=0.1, time_limit=600, concurrency_limit=None)
+    tick = gr.Timer(0.08)
+    tick.tick(run_live_frame, None, [view, status], show_progress="hidden", concurrency_limit=None)
+    stop.click(run_live_stop, None, [status], api_name="live_stop")
+
+
 def _avatar3d_tab() -> None:
     from pipelines.avatar3d import CAMERAS, Avatar3DConfig
 
@@ -586,6 +689,8 @@ def build_demo() -> gr.Blocks:
         gr.Markdown("# headsplat\nTalking heads and 3D head avatars drawn with Gaussian splatting.")
         with gr.Tab("Talk"):
             _talk_tab()
+        with gr.Tab("Live"):
+            _live_tab()
         with gr.Tab("Avatar3D"):
             _avatar3d_tab()
         with gr.Tab("Guide"):

@@ -55,12 +55,13 @@ def silent_expression(rest: Tensor, mode: str, photo_mouth_open: bool) -> Tensor
 EASE_SECONDS = 0.4
 
 
-def ease_from_photo(expression: np.ndarray, offset: np.ndarray, fps: float) -> np.ndarray:
+def ease_from_photo(expression: np.ndarray, offset: np.ndarray, fps: float, start: int = 0) -> np.ndarray:
     """Motion expressions [T, 53] that start on the photo's own face and ease into the silent rest over
     EASE_SECONDS: `offset` [53] (the photo's expression over the silent one) is added in full to the first
-    frame and faded out with a smoothstep, so the first frame is the photo and nothing jumps."""
+    frame and faded out with a smoothstep, so the first frame is the photo and nothing jumps. `start`: the
+    first row's frame number, for a motion that arrives in chunks (a live session)."""
     frames = len(expression)
-    t = np.clip(np.arange(frames) / max(EASE_SECONDS * fps, 1.0), 0.0, 1.0)
+    t = np.clip((start + np.arange(frames)) / max(EASE_SECONDS * fps, 1.0), 0.0, 1.0)
     weight = 1.0 - t * t * (3.0 - 2.0 * t)
     return np.clip(expression + weight[:, None] * np.asarray(offset, np.float32)[None], 0.0, 1.0).astype(
         np.float32

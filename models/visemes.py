@@ -384,7 +384,36 @@ def gaze_curves(num_frames: int, fps: float, rng: np.random.Generator, amount: f
     return gaussian_filter1d(gaze, sigma=max(0.02 * fps, 0.3), axis=0)
 
 
-def _apply_gaze(expression: np.ndarray, gaze: np.ndarray) -> None:
+class GlanceStream:
+    """`gaze_curves` chunk by chunk, for motion that never ends (a live session): fixations held 0.6-3 s,
+    half of them back at the listener, joined by fast saccades (60% of the way each frame at 25 fps)."""
+
+    def __init__(self, seed: int, fps: float, amount: float = 0.08) -> None:
+        self.rng = np.random.default_rng([int(seed), 11])
+        self.fps, self.amount = fps, amount
+        self.current = np.zeros(2)
+        self.target = np.zeros(2)
+        self.left = 0  # frames until the next fixation
+
+    def __call__(self, num_frames: int) -> np.ndarray:
+        """Eye yaw/pitch [num_frames, 2] in eyeLook* units, continuing the previous call's."""
+        gaze = np.zeros((num_frames, 2))
+        pull = min(1.0, 0.6 * 25.0 / self.fps)
+        for i in range(num_frames):
+            if self.left <= 0:
+                self.left = max(1, int(self.rng.uniform(0.6, 3.0) * self.fps))
+                centre = self.rng.random() < 0.5
+                self.target = (
+                    np.zeros(2) if centre else self.rng.normal(0, self.amount, 2) * np.array([1.0, 0.6])
+                )
+            self.current = self.current + pull * (self.target - self.current)
+            gaze[i] = self.current
+            self.left -= 1
+        return gaze
+
+
+def apply_gaze(expression: np.ndarray, gaze: np.ndarray) -> None:
+    """Add eye yaw/pitch [T, 2] (eyeLook* units) to expressions [T, 53] in place."""
     yaw, pitch = gaze[:, 0], gaze[:, 1]
     idx = EXPRESSION_INDEX
     # Positive yaw: both eyes turn to the subject's left (left eye out, right eye in).
@@ -442,7 +471,7 @@ def teacher_motion(
     for name, value in EMOTION_OFFSETS[emotion].items():
         for shape in _shapes(name):
             expression[:, EXPRESSION_INDEX[shape]] += strength * value
-    _apply_gaze(expression, gaze_curves(num_frames, fps, rng, config.gaze))
+    apply_gaze(expression, gaze_curves(num_frames, fps, rng, config.gaze))
     pauses = (gaussian_filter1d(activity, sigma=0.1 * fps) < 0.2).astype(np.float64) if num_frames else None
     blink = blink_curve(num_frames, fps, rng, config.blinks_per_minute * blink_rate, pauses)
     for side in ("_L", "_R"):

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 import pytest
 
 import app
@@ -58,8 +59,8 @@ def test_the_app_has_its_tabs_and_the_api_endpoints_the_tests_use():
     assert isinstance(demo, gr.Blocks)
     tabs = [block.label for block in demo.blocks.values() if isinstance(block, gr.Tab)]
     endpoints = {fn.api_name for fn in demo.fns.values()}
-    assert tabs == ["Talk", "Avatar3D", "Guide"]
-    assert {"talk", "avatar3d", "guide", "search"} <= endpoints
+    assert tabs == ["Talk", "Live", "Avatar3D", "Guide"]
+    assert {"talk", "live_start", "live_stop", "avatar3d", "guide", "search"} <= endpoints
     live = next(b for b in demo.blocks.values() if isinstance(b, gr.Video))
     assert live.streaming and live.autoplay
 
@@ -116,3 +117,36 @@ def test_a_malformed_setting_is_an_error_not_ignored(monkeypatch, name, value):
     with pytest.raises(HeadsplatError, match=name):
         app.build_demo()
         app.max_seconds()
+
+
+def test_the_live_handlers_start_take_microphone_chunks_show_frames_and_stop(monkeypatch, tmp_path):
+    # The Live tab's functions as Gradio calls them: a session per browser tab, one at a time.
+    from types import SimpleNamespace
+
+    from pipelines.audio_io import load_audio
+
+    monkeypatch.setenv("HEADSPLAT_CACHE", str(tmp_path / "cache"))
+    tab, other = SimpleNamespace(session_hash="tab-1"), SimpleNamespace(session_hash="tab-2")
+    photo, status, timer = app.run_live_start(str(app.DEFAULTS / "portrait.jpg"), 128, tab)
+    try:
+        assert photo.ndim == 3 and "listening" in status
+        with pytest.raises(gr.Error, match="another live session"):
+            app.run_live_start(str(app.DEFAULTS / "portrait.jpg"), 128, other)
+        speech = (load_audio(app.DEFAULTS / "speech.wav")[:16_000] * 32767).astype("int16")
+        for i in range(0, speech.size, 1600):  # 0.1 s chunks, as the browser streams them
+            app.run_live_push((16_000, speech[i : i + 1600]), tab)
+        import time
+
+        shown = []
+        for _ in range(200):
+            image, status = app.run_live_frame(tab)
+            if isinstance(image, np.ndarray):
+                shown.append(image)
+            if len(shown) >= 3:
+                break
+            time.sleep(0.05)
+        assert len(shown) >= 3 and shown[0].shape == photo.shape
+        assert "frames" in status and "latency" in status
+    finally:
+        assert app.run_live_stop(tab)[0] == "Live: stopped."
+    assert app.run_live_frame(tab) == (gr.skip(), gr.skip())
