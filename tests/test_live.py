@@ -140,25 +140,28 @@ def test_the_command_replays_a_file_and_reports_latency(tmp_path, capsys, speech
     from pipelines.audio_io import save_wav
 
     wav = save_wav(speech[:16_000], tmp_path / "one_second.wav")
-    log = tmp_path / "latency.jsonl"
-    code = main(
-        [
-            "--audio",
-            str(wav),
-            "--size",
-            "96",
-            "--max-side",
-            "320",
-            "--cache-dir",
-            "",
-            "--latency-log",
-            str(log),
-        ]
-    )
+    log, video, saved = tmp_path / "latency.jsonl", tmp_path / "live.mp4", tmp_path / "motion.npz"
+    argv = [
+        "--audio",
+        str(wav),
+        "--size",
+        "96",
+        "--max-side",
+        "320",
+        "--cache-dir",
+        "",
+        "--latency-log",
+        str(log),
+    ]
+    code = main([*argv, "-o", str(video), "--save-motion", str(saved)])
     out = capsys.readouterr().out.strip().splitlines()
     assert code == 0
     summary = json.loads(out[-1])
     assert summary["frames"] == len(out) - 1 == len(log.read_text().splitlines())
+    from pipelines.motion_io import load_motion
+    from pipelines.video_io import read_video
+
+    assert len(list(read_video(video))) == summary["frames"] == load_motion(saved).num_frames
     assert summary["latency_ms"]["p50"] > 0 and summary["sustained_fps"] > 0
     assert out[0].startswith("frame     0")
 
