@@ -260,12 +260,12 @@ class LiveSession:
             raise HeadsplatError("this live session is closed")
         self._raise_worker_error()
         block = np.asarray(samples)
-        if block.ndim == 2:
+        if block.dtype == np.int16:
+            block = block.astype(np.float32) / 32768.0
+        if block.ndim == 2:  # [N, channels] (or [channels, N] when short and wide): mixed down
             block = block.mean(axis=1) if block.shape[1] <= 8 else block.mean(axis=0)
         if block.ndim != 1:
             raise HeadsplatError(f"audio blocks are [N] or [N, channels]; got shape {np.shape(samples)}")
-        if block.dtype == np.int16:
-            block = block.astype(np.float32) / 32768.0
         block = np.nan_to_num(block.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0).clip(-1.0, 1.0)
         if self._rate is None:
             if not 4_000 <= int(sample_rate) <= 384_000:

@@ -53,11 +53,21 @@ def test_other_sample_rates_and_int16_blocks_are_taken(built, speech):
     from models.audio import resample_to
 
     at_48k = (resample_to(speech[:16_000], 16_000, 48_000) * 32767).astype(np.int16)
-    session = session_of(built, max_latency=0.0, idle_after=0.0)
+    stereo = np.stack([at_48k, at_48k], axis=1)  # int16 [N, 2], as a browser's microphone may send
+    session = session_of(built, max_latency=0.0, idle_after=0.0, keep_motion=True)
     for i in range(0, at_48k.size, 960):
-        session.push(at_48k[i : i + 960], sample_rate=48_000)
+        session.push(stereo[i : i + 960], sample_rate=48_000)
     frames = session.close()
     assert abs(len(frames) - 25) <= 2
+    # The same speech pushed as float mono at 16 kHz moves the mouth the same way: nothing was garbled.
+    reference = session_of(built, max_latency=0.0, idle_after=0.0, keep_motion=True)
+    reference.push(speech[:16_000])
+    reference.close()
+    from models.visemes import mouth_opening
+
+    a, b = (mouth_opening(s.motion().expression) for s in (session, reference))
+    n = min(a.size, b.size)
+    assert np.corrcoef(a[:n], b[:n])[0, 1] > 0.9
     with pytest.raises(HeadsplatError, match="closed"):
         session.push(at_48k[:10], sample_rate=48_000)
 
