@@ -292,6 +292,12 @@ def run_live_stop(request: gr.Request):
     return "Live: stopped.", gr.Timer(active=False)
 
 
+def run_live_close(request: gr.Request) -> None:
+    """The browser tab was closed or reloaded: end its session, which would otherwise render on for good
+    and keep every other visitor out ("another live session is running")."""
+    run_live_stop(request)
+
+
 # ------------------------------------------------------------------------------------------------
 # Avatar3D
 def run_avatar3d(
@@ -569,13 +575,15 @@ def _live_tab() -> None:
             view = gr.Image(label="Live head", format="jpeg", interactive=False, height=420)
             status = gr.Markdown("Live: not started.")
     gr.Examples(examples=[[str(DEFAULTS / "portrait.jpg")]], inputs=[portrait], label="The shipped portrait")
+    # The timer polls only while a session runs: Start switches it on and Stop off (both must list it as
+    # an output, or the gr.Timer they return is dropped and Stop's reply does not fit its one output).
+    tick = gr.Timer(0.08, active=False)
     start.click(
-        run_live_start, [portrait, size], [view, status], api_name="live_start", concurrency_id="live"
+        run_live_start, [portrait, size], [view, status, tick], api_name="live_start", concurrency_id="live"
     )
     mic.stream(run_live_push, [mic], None, stream_every=0.1, time_limit=600, concurrency_limit=None)
-    tick = gr.Timer(0.08)
     tick.tick(run_live_frame, None, [view, status], show_progress="hidden", concurrency_limit=None)
-    stop.click(run_live_stop, None, [status], api_name="live_stop")
+    stop.click(run_live_stop, None, [status, tick], api_name="live_stop")
 
 
 def _avatar3d_tab() -> None:
@@ -691,6 +699,7 @@ def build_demo() -> gr.Blocks:
             _talk_tab()
         with gr.Tab("Live"):
             _live_tab()
+        demo.unload(run_live_close)  # a closed or reloaded browser tab ends its live session
         with gr.Tab("Avatar3D"):
             _avatar3d_tab()
         with gr.Tab("Guide"):

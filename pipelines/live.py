@@ -228,6 +228,7 @@ class LiveSession:
         # The model's eyes barely move (less still in silence): seeded glances keep an idle face alive.
         self._glances = None if config.still else GlanceStream(config.seed, FPS)
         self._steady = PoseSteadier(FPS)
+        self._skipped = 0  # chunks in a row drawn not at all (see _render_chunk)
         self._warm_up()
         self._audio: queue.Queue = queue.Queue()
         self._out: collections.deque[LiveFrame] = collections.deque()
@@ -395,9 +396,15 @@ class LiveSession:
         for j in range(motion.num_frames):
             index = first + j
             arrival = self._arrival_of(int(index * SAMPLE_RATE / motion.fps))
-            if j < last and cfg.max_latency > 0 and self._clock() - arrival > cfg.max_latency:
-                self.stats.dropped_late += 1  # behind: draw this chunk's newest frame instead
+            late = cfg.max_latency > 0 and self._clock() - arrival > cfg.max_latency
+            # Far behind (the CPU is shared), even a chunk's newest frame is skipped, up to three chunks in
+            # a row: the model alone is cheap, so the session catches up instead of lagging more and more.
+            hopeless = late and self._clock() - arrival > 2 * cfg.max_latency and self._skipped < 3
+            if late and (j < last or hopeless):
+                self.stats.dropped_late += 1  # behind: draw this chunk's newest frame instead (or none)
+                self._skipped += j == last
                 continue
+            self._skipped = 0
             if self._paster is None:
                 rgb = self.avatar.render_motion(motion, j)
                 image = np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)

@@ -1,11 +1,14 @@
 """A real browser (headless Chromium) uses the Talk tab: uploads a portrait and speech, clicks Generate, sees
-the video play and the downloads appear. Skips without Chromium/chromedriver (CI installs them)."""
+the video play and the downloads appear; and the Live tab, with a fake microphone playing a wav. Skips
+without Chromium/chromedriver (CI installs them)."""
 
 import os
+import re
 import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -31,18 +34,22 @@ def server():
         yield url
 
 
-@pytest.fixture
-def browser(tmp_path):
+def _chrome(profile: Path, *extra_flags: str):
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in (
         "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
         "--no-first-run", "--autoplay-policy=no-user-gesture-required", "--window-size=1280,1300",
-        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--user-data-dir={profile}", *extra_flags,
     ):  # fmt: skip
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    driver = _chrome(tmp_path / "profile")
     try:
         yield driver
     finally:
@@ -85,6 +92,95 @@ def test_browser_uploads_a_portrait_and_speech_and_the_video_plays(server, brows
         shutil.copy(shot, Path(os.environ["HEADSPLAT_SCREENSHOT_DIR"]) / "talk.png")
     assert browser.execute_script("return arguments[0].duration", video) > 0.5
     assert shot.stat().st_size > 10_000
+
+
+def test_browser_live_tab_follows_a_fake_microphone(server, tmp_path, monkeypatch):
+    from scipy.signal import resample_poly
+
+    from pipelines import live
+
+    # Chromium's fake microphone plays (and loops) this wav; 16-bit PCM at 48 kHz, the capture's own rate.
+    speech = resample_poly(load_audio(app.DEFAULTS / "speech.wav")[:40_000], 3, 1)
+    mic_wav = save_wav(speech, tmp_path / "mic.wav", sample_rate=48_000)
+    pushed: list[tuple[int, float]] = []  # (rate, RMS) of every block the live session was given
+    push = live.LiveSession.push
+
+    def logged_push(self, samples, sample_rate=live.SAMPLE_RATE):
+        block = np.asarray(samples, np.float64) / (32768.0 if samples.dtype == np.int16 else 1.0)
+        pushed.append((int(sample_rate), float(np.sqrt(np.mean(block**2)))))
+        return push(self, samples, sample_rate)
+
+    monkeypatch.setattr(live.LiveSession, "push", logged_push)
+    driver = _chrome(
+        tmp_path / "profile",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={mic_wav}",
+    )
+    try:
+        driver.get(server)
+        wait = WebDriverWait(driver, 60)
+        tabs = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "button[role=tab]"))
+        next(t for t in tabs if t.text.strip() == "Live").click()
+        panel = wait.until(_live_panel)
+        _upload(panel, "image", app.DEFAULTS / "portrait.jpg")
+        wait.until(lambda d: panel.find_elements(By.CSS_SELECTOR, "img[src*='portrait']"))
+        _click(panel, "Start")
+        WebDriverWait(driver, 180).until(lambda d: _live_status(d) not in ("", "Live: not started."))
+        assert not _error_text(driver), _error_text(driver)
+        _click(_block(driver, "Microphone"), "Record")
+        # Frames keep arriving in the Live head image while the microphone streams into the session.
+        frames, status, deadline = set(), "", time.monotonic() + 40
+        while time.monotonic() < deadline and not (len(frames) >= 8 and len(pushed) >= 10):
+            frames.add(
+                driver.execute_script(
+                    "return arguments[0].querySelector('img')?.src", _block(driver, "Live head")
+                )
+            )
+            status = _live_status(driver)
+            time.sleep(0.1)
+        frames.discard(None)
+        _click(_block(driver, "Microphone"), "Stop")
+        _click(panel, "Stop")
+        WebDriverWait(driver, 60).until(lambda d: _live_status(d) == "Live: stopped.")
+        assert not _error_text(driver), _error_text(driver)
+    finally:
+        driver.quit()
+    assert len(frames) >= 8, f"only {len(frames)} distinct live frames arrived"
+    assert re.match(r"Live: \d+ frames, latency", status), status
+    assert len(pushed) >= 10 and {rate for rate, _ in pushed} == {48_000}, pushed[:5]
+    assert max(rms for _, rms in pushed) > 0.03  # the speech, not silence
+    assert not app._LIVE  # Stop ended the session
+
+
+def _live_panel(driver):
+    """The Live tab's panel once it shows, else None."""
+    panels = driver.find_elements(By.CSS_SELECTOR, "[role=tabpanel]")
+    return next((p for p in panels if p.is_displayed() and "Live head" in p.text), None)
+
+
+def _block(driver, label: str):
+    """The visible component block labelled `label`."""
+    return driver.execute_script(
+        "for (const el of document.querySelectorAll('[data-testid=\"block-label\"]'))"
+        "  if (el.textContent.trim() === arguments[0] && el.offsetParent) return el.closest('.block');"
+        "return null;",
+        label,
+    )
+
+
+def _click(scope, text: str) -> None:
+    buttons = [b for b in scope.find_elements(By.TAG_NAME, "button") if b.text.strip() == text]
+    assert any(b.is_displayed() for b in buttons), f"no visible {text} button"
+    next(b for b in buttons if b.is_displayed()).click()
+
+
+def _live_status(driver) -> str:
+    """The Live tab's status line, read in one go (the markdown is redrawn on every timer tick)."""
+    return driver.execute_script(
+        "const p = [...document.querySelectorAll('p')].find(p => p.textContent.startsWith('Live:'));"
+        "return p ? p.textContent : '';"
+    )
 
 
 def _page_text(driver) -> str:
