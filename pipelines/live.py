@@ -98,6 +98,9 @@ class LiveConfig(MotionControls):
     """Seconds without audio after which silence is fed in step with the clock, so the head stays alive."""
     queue_seconds: float = 2.0
     """Frames kept for a reader that is not reading, seconds of video; older ones are discarded."""
+    max_pending: float = 10.0
+    """Seconds of pushed audio the model may have still to hear; beyond it push() waits (a producer faster
+    than real time, like a TTS, is held back instead of filling memory)."""
     cache_dir: str | None = None
     """Where built avatars are kept (default: $HEADSPLAT_CACHE or ~/.cache/headsplat); '' disables."""
     weights: str | None = None
@@ -123,7 +126,7 @@ class LiveConfig(MotionControls):
             raise HeadsplatError(
                 f"--chunk must be 1-25 and --lookahead 0-25 frames; got {self.chunk}, {self.lookahead}"
             )
-        for name in ("max_latency", "idle_after", "queue_seconds"):
+        for name in ("max_latency", "idle_after", "queue_seconds", "max_pending"):
             value = getattr(self, name)
             if not (np.isfinite(value) and 0 <= value <= 60):
                 raise HeadsplatError(f"{name} must be 0-60 seconds; got {value}")
@@ -236,6 +239,8 @@ class LiveSession:
         self._ends: list[int] = []  # end sample (16 kHz timeline) of each pushed block ...
         self._arrivals: list[float] = []  # ... and when it arrived
         self._fed = 0  # samples on the timeline so far (pushed and idle silence)
+        self._pending = 0  # samples pushed and not yet taken by the model
+        self._room = threading.Condition()
         self._rate: int | None = None
         self._resampler = None
         self._start = clock()
@@ -281,8 +286,14 @@ class LiveSession:
         self._queue_audio(block, self._clock())
 
     def _queue_audio(self, block: np.ndarray, arrival: float) -> None:
-        if block.size:
-            self._audio.put((block, arrival))
+        if not block.size:
+            return
+        limit = max(self.config.max_pending * SAMPLE_RATE, block.size)
+        with self._room:  # back-pressure: wait while the model has max_pending seconds still to hear
+            while self._pending + block.size > limit and self._thread.is_alive():
+                self._room.wait(0.05)
+            self._pending += block.size
+        self._audio.put((block, arrival))
 
     # ----------------------------------------------------------------------------------- output
     def frames(self) -> list[LiveFrame]:
@@ -351,6 +362,9 @@ class LiveSession:
                 continue
             if item is None:
                 return
+            with self._room:
+                self._pending -= item[0].size
+                self._room.notify_all()
             yield self._arrived(*item)
 
     def _arrived(self, block: np.ndarray, arrival: float) -> np.ndarray:

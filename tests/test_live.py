@@ -184,3 +184,14 @@ def test_the_command_refuses_bad_flags_with_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--audio", "x.wav", "--size", "ten"])
     assert stop.value.code == 2
+
+
+def test_a_producer_faster_than_real_time_is_held_back(built, speech):
+    # A TTS pushing 3 s of audio at once may run ahead by max_pending seconds, no more: push() waits.
+    session = session_of(built, max_latency=0.0, idle_after=0.0, max_pending=0.5, queue_seconds=60.0)
+    most = 0
+    for i in range(0, speech.size, 1600):
+        session.push(speech[i : i + 1600])
+        most = max(most, session._pending)
+    frames = session.close()
+    assert most <= 0.5 * 16_000 and abs(len(frames) - 75) <= 2
