@@ -1183,6 +1183,31 @@ def build_cases() -> list[Case]:
     a2m("weights_missing", A, extra=["--weights", "in/none.safetensors"])
     a2m("transcript_unknown_words", A, "any", extra=["--steps", "0", "--transcript", "xyzzyq plugh"])
 
+    # --- Live (a file replayed as a microphone) ---------------------------------------------------
+    lv = lambda name, setup, expect="fail", extra=(), file="a.wav", **kw: add(  # noqa: E731
+        f"live_{name}", "live", ["--audio", f"in/{file}", "--quiet", "--size", "96", *extra], expect,
+        setup=setup, **kw,
+    )  # fmt: skip
+    lv("missing_audio", folder("in"), file="nope.wav")
+    lv("png_named_wav", image_file("in/a.wav", portrait_image, format="PNG"))
+    lv("nan_samples_44k_float", made_file("in/a.wav", nan_float_wav(float("nan"))))
+    lv("size_10", A, extra=["--size", "10"])
+    lv("chunk_0", A, extra=["--chunk", "0"])
+    lv("max_latency_nan", A, extra=["--max-latency", "nan"])
+    lv("block_ms_0", A, extra=["--block-ms", "0"])
+    lv("steps_0", A, extra=["--steps", "0"])
+    lv("portrait_text_file", steps(A, data_file("in/p.jpg", "not a photo\n" * 20)), extra=["-s", "in/p.jpg"])
+    lv("output_bad_suffix", A, extra=["-o", "out.txt"])
+    lv("output_is_the_audio", A, extra=["-o", "in/a.wav"])
+    lv("save_motion_bad_suffix", A, extra=["--save-motion", "m.txt"])
+    lv("latency_log_in_missing_folder", A, extra=["--latency-log", "no/lat.jsonl"])
+    lv("silent_1s", made_file("in/a.wav", lambda p, fx: write_wav(p, np.zeros(16000, np.float32))), "ok",
+       extra=["-o", "out.mp4", "--save-motion", "m.npz"], outputs=("out.mp4", "m.npz"))  # fmt: skip
+    lv("ok_realtime_8khz", fmt("8k.wav"), "ok", file="8k.wav", extra=["--realtime", "-o", "out.mp4"],
+       outputs=("out.mp4",))  # fmt: skip
+    lv("sigint_realtime", speech_file("in/a.wav", seconds=30.0), "interrupt", extra=["--realtime", "-o", "out.mp4"],
+       signal=signal.SIGINT)  # fmt: skip
+
     # --- Synthetic corpus ------------------------------------------------------------------------
     sc = lambda name, args, setup=None, expect="fail", **kw: add(  # noqa: E731
         f"synth_corpus_{name}", "synth_corpus", args, expect, setup=setup, **kw

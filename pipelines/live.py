@@ -245,6 +245,7 @@ class LiveSession:
         self._resampler = None
         self._start = clock()
         self._closed = False
+        self._abort = False
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._work, name="headsplat-live", daemon=True)
         self._thread.start()
@@ -321,8 +322,11 @@ class LiveSession:
         ready = self.frames()
         return ready[-1] if ready else None
 
-    def close(self, timeout: float | None = 60.0) -> list[LiveFrame]:
-        """End of audio: the model finishes the last frames; returns every frame not read yet."""
+    def close(self, timeout: float | None = 60.0, flush: bool = True) -> list[LiveFrame]:
+        """End of audio: the model finishes the last frames; returns every frame not read yet.
+        `flush=False` stops at once instead (an interrupted caller): audio not yet heard is dropped."""
+        if not flush:
+            self._abort = True
         if not self._closed:
             self._closed = True
             if self._resampler is not None:
@@ -360,7 +364,7 @@ class LiveSession:
                     self.stats.idle_seconds += silence.size / SAMPLE_RATE
                     yield self._arrived(silence, self._clock())
                 continue
-            if item is None:
+            if item is None or self._abort:
                 return
             with self._room:
                 self._pending -= item[0].size
@@ -479,6 +483,7 @@ def replay(cmd: LiveCommand, emit: Callable[[str], None] = print) -> dict:
 
     from pipelines.audio_io import load_audio
     from pipelines.cli import check_output
+    from pipelines.files import atomic_output
     from pipelines.motion_io import MOTION_SUFFIXES, save_motion
     from pipelines.video_io import VideoWriter
 
@@ -490,8 +495,11 @@ def replay(cmd: LiveCommand, emit: Callable[[str], None] = print) -> dict:
                 f"--save-motion must end in {', '.join(MOTION_SUFFIXES)}; got {cmd.save_motion!r}"
             )
         check_output(cmd.save_motion, [cmd.audio, cmd.output], what="--save-motion file")
+    if cmd.latency_log:
+        check_output(cmd.latency_log, [cmd.audio, cmd.output, cmd.save_motion], what="--latency-log file")
     if not 1.0 <= cmd.block_ms <= 1000.0:
         raise HeadsplatError(f"--block-ms must be 1-1000; got {cmd.block_ms}")
+    writer = VideoWriter(cmd.output, FPS, audio=cmd.audio) if cmd.output else None  # checks the suffix
     samples = load_audio(cmd.audio)
     config = LiveConfig(**{f.name: getattr(cmd, f.name) for f in dataclasses.fields(LiveConfig)})
     config.keep_motion = bool(cmd.save_motion)
@@ -502,43 +510,45 @@ def replay(cmd: LiveCommand, emit: Callable[[str], None] = print) -> dict:
     session = LiveSession(config)
     step = max(1, int(SAMPLE_RATE * cmd.block_ms / 1000))
     timing: list[tuple[int, float, float]] = []  # index, time, latency of every frame (not the images)
-    with contextlib.ExitStack() as stack:
-        video = stack.enter_context(VideoWriter(cmd.output, FPS, audio=cmd.audio)) if cmd.output else None
-        log = stack.enter_context(open(cmd.latency_log, "w")) if cmd.latency_log else None  # noqa: SIM115
-        shown: list[np.ndarray] = []  # the last frame written, repeated for dropped ones
+    try:
+        with contextlib.ExitStack() as stack:
+            video = stack.enter_context(writer) if writer is not None else None
+            shown: list[np.ndarray] = []  # the last frame written, repeated for dropped ones
 
-        def take(batch: list[LiveFrame]) -> None:
-            for frame in batch:
-                timing.append((frame.index, frame.time, frame.latency))
-                if not cmd.quiet:
-                    emit(
-                        f"frame {frame.index:5d}  t {frame.time:7.2f} s  latency {1000 * frame.latency:6.1f} ms"
-                    )
-                if log is not None:
-                    record = {
-                        "index": frame.index,
-                        "time": round(frame.time, 3),
-                        "latency": round(frame.latency, 4),
-                    }
-                    log.write(json.dumps(record) + "\n")
-                if video is not None:
-                    while video.frames_written < frame.index:
-                        video.write(shown[0] if shown else frame.image)
-                    video.write(frame.image)
-                    shown[:] = [frame.image]
+            def take(batch: list[LiveFrame]) -> None:
+                for frame in batch:
+                    timing.append((frame.index, frame.time, frame.latency))
+                    if not cmd.quiet:
+                        emit(
+                            f"frame {frame.index:5d}  t {frame.time:7.2f} s  latency {1000 * frame.latency:6.1f} ms"
+                        )
+                    if video is not None:
+                        while video.frames_written < frame.index:
+                            video.write(shown[0] if shown else frame.image)
+                        video.write(frame.image)
+                        shown[:] = [frame.image]
 
-        start = time.monotonic()
-        for k, i in enumerate(range(0, samples.size, step)):
-            if cmd.realtime:
-                time.sleep(max(0.0, start + k * step / SAMPLE_RATE - time.monotonic()))
-            session.push(samples[i : i + step])
-            take(session.frames())
-            if not cmd.realtime and len(timing) + 50 < i / SAMPLE_RATE * FPS:
-                time.sleep(0.001)  # let the worker run: the queue need not hold the whole file at once
-        take(session.close())
-        wall = time.monotonic() - start
+            start = time.monotonic()
+            for k, i in enumerate(range(0, samples.size, step)):
+                if cmd.realtime:
+                    time.sleep(max(0.0, start + k * step / SAMPLE_RATE - time.monotonic()))
+                session.push(samples[i : i + step])
+                take(session.frames())
+                if not cmd.realtime and len(timing) + 50 < i / SAMPLE_RATE * FPS:
+                    time.sleep(0.001)  # let the worker run: the queue need not hold the whole file at once
+            take(session.close())
+            wall = time.monotonic() - start
+    except BaseException:
+        session.close(flush=False)  # an error or Ctrl-C: the worker stops before the interpreter does
+        raise
     if cmd.save_motion and timing:
         save_motion(session.motion(), cmd.save_motion)
+    if cmd.latency_log:
+        lines = [
+            json.dumps({"index": i, "time": round(t, 3), "latency": round(lat, 4)}) for i, t, lat in timing
+        ]
+        with atomic_output(cmd.latency_log) as tmp:
+            tmp.write_text("".join(line + "\n" for line in lines))
     lat = [t[2] for t in timing]
     minute = int(60 * FPS)
     return {

@@ -195,3 +195,12 @@ def test_a_producer_faster_than_real_time_is_held_back(built, speech):
         most = max(most, session._pending)
     frames = session.close()
     assert most <= 0.5 * 16_000 and abs(len(frames) - 75) <= 2
+
+
+def test_closing_without_flush_stops_at_once(built, speech):
+    session = session_of(built, max_latency=0.0, idle_after=0.0, queue_seconds=60.0)
+    session.push(speech)  # 3 s queued
+    frames = session.close(flush=False)
+    assert len(frames) < 75 and not session._thread.is_alive()
+    with pytest.raises(HeadsplatError, match="closed"):
+        session.push(speech[:100])
