@@ -6,7 +6,8 @@
 This file only adapts pipelines to widgets. Settings come from the environment (a Hugging Face Space sets
 them in its Settings tab): HEADSPLAT_MAX_SECONDS (longest speech, default 60), HEADSPLAT_MAX_FILE_SIZE
 (largest upload, default 25mb), HEADSPLAT_CONCURRENCY (jobs run at once per tab, default 1),
-HEADSPLAT_QUEUE_SIZE (jobs waiting, default 16), HEADSPLAT_TALK_SIZE (default render size, 384).
+HEADSPLAT_QUEUE_SIZE (jobs waiting, default 16), HEADSPLAT_TALK_SIZE (Talk's default render size: auto,
+the face's size in the photo, or 128-768).
 """
 
 from __future__ import annotations
@@ -189,7 +190,7 @@ def run_talk(
         **inputs,
         output=str(workdir / "talk.mp4"),
         fps=float(fps),
-        size=int(size),
+        size=int(size) or None,  # 0: auto, the face's size in the photo
         steps=int(steps),
         seed=int(seed),
         emotion=emotion,
@@ -505,8 +506,27 @@ def _motion_file_input() -> gr.File:
 
 
 def _size_slider(label: str) -> gr.Slider:
-    return gr.Slider(
-        128, 768, value=int(_env_float("HEADSPLAT_TALK_SIZE", 384, 128, 768)), step=64, label=label
+    return gr.Slider(128, 768, value=talk_size_default() or 384, step=64, label=label)
+
+
+def talk_size_default() -> int:
+    """Talk's render size from HEADSPLAT_TALK_SIZE: 0 (auto, the default, as on the command line) or 128-768."""
+    if os.environ.get("HEADSPLAT_TALK_SIZE", "").strip().lower() in ("", "auto"):
+        return 0
+    return int(_env_float("HEADSPLAT_TALK_SIZE", 0, 128, 768))
+
+
+def _talk_size_input() -> gr.Dropdown:
+    """The face's render resolution. The video always keeps the photo's size (the face is pasted back at
+    its size there), so a bigger render is only downsampled and a smaller one blurs: auto picks the face's
+    own size, like the command line's default."""
+    default = talk_size_default()
+    sizes = sorted({256, 384, 512, 768} | ({default} - {0}))
+    return gr.Dropdown(
+        [("auto: the face's size in the photo", 0), *((f"{n} px", n) for n in sizes)],
+        value=default,
+        allow_custom_value=True,  # API clients (and typing) may ask for any size Talk takes
+        label="Face render resolution (the video keeps the photo's size; auto is sharpest for it)",
     )
 
 
@@ -537,7 +557,7 @@ def _talk_tab() -> None:
                 with gr.Row():
                     still = gr.Checkbox(value=defaults.still, label="Still head")
                     crop = gr.Checkbox(value=defaults.crop, label="Face crop only")
-                size = _size_slider("Render size (px)")
+                size = _talk_size_input()
                 steps = gr.Slider(
                     0, MAX_STEPS, value=defaults.steps, step=1, label="Motion diffusion steps (0: rule-based)"
                 )

@@ -150,3 +150,16 @@ def test_the_live_handlers_start_take_microphone_chunks_show_frames_and_stop(mon
     finally:
         assert app.run_live_stop(tab)[0] == "Live: stopped."
     assert app.run_live_frame(tab) == (gr.skip(), gr.skip())
+
+
+def test_talks_render_size_defaults_to_auto_like_the_command_line(monkeypatch):
+    size = next(
+        b
+        for b in app.build_demo().blocks.values()
+        if isinstance(b, gr.Dropdown) and "resolution" in (b.label or "")
+    )
+    assert size.value == 0 and ("auto: the face's size in the photo", 0) in size.choices
+    monkeypatch.setenv("HEADSPLAT_TALK_SIZE", "200")
+    assert app.talk_size_default() == 200
+    monkeypatch.setenv("HEADSPLAT_TALK_SIZE", "auto")
+    assert app.talk_size_default() == 0
