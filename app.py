@@ -316,7 +316,7 @@ def run_avatar3d(
     progress=gr.Progress(track_tqdm=True),  # noqa: B008
 ):
     """Portrait → (3D view .ply, turntable mp4, talking mp4 or None, [ply, splat, avatar] downloads)."""
-    from pipelines.avatar3d import Avatar3DConfig, avatar3d
+    from pipelines.avatar3d import VIEWER_HEIGHT, Avatar3DConfig, avatar3d, write_viewer_ply
     from pipelines.streaming import check_audio_length
 
     inputs = check_inputs(portrait, audio, text, motion_file)
@@ -342,7 +342,10 @@ def run_avatar3d(
     downloads = [str(written[k]) for k in ("ply", "splat", "avatar") if k in written]
     turntable = str(written["turntable"]) if "turntable" in written else None
     talking = str(written["talk"]) if "talk" in written else None
-    return str(written["ply"]), turntable, talking, downloads
+    # The viewer (gsplat.js) ignores camera_position and would show the standard head.ply tiny and from
+    # behind: it gets a copy turned, centred and scaled for its fixed camera; the downloads stay standard.
+    view = write_viewer_ply(written["ply"], VIEWER_HEIGHT)
+    return str(view), turntable, talking, downloads
 
 
 # ------------------------------------------------------------------------------------------------
@@ -607,7 +610,7 @@ def _live_tab() -> None:
 
 
 def _avatar3d_tab() -> None:
-    from pipelines.avatar3d import CAMERAS, Avatar3DConfig
+    from pipelines.avatar3d import CAMERAS, VIEWER_HEIGHT, Avatar3DConfig
 
     defaults = Avatar3DConfig()
     gr.Markdown(
@@ -634,7 +637,7 @@ def _avatar3d_tab() -> None:
                     still = gr.Checkbox(value=defaults.still, label="Still head")
             go = gr.Button("Build the 3D head", variant="primary")
         with gr.Column():
-            view = gr.Model3D(label="3D head (.ply): drag to turn, scroll to zoom", height=360)
+            view = gr.Model3D(label="3D head (.ply): drag to turn, scroll to zoom", height=VIEWER_HEIGHT)
             turntable = gr.Video(label="Turntable", autoplay=True, loop=True, interactive=False)
             talking = gr.Video(label="Talking 3D head", interactive=False)
             files = gr.File(

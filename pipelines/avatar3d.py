@@ -46,8 +46,9 @@ if TYPE_CHECKING:  # bound by pipelines.lazy (see _HEAVY)
 
     from models.head_avatar import HeadAvatar, HeadAvatarConfig, build_head_avatar, turntable_cameras
     from models.head_model import HeadModel
+    from models.transforms import euler_to_matrix, matrix_to_quaternion, quaternion_multiply
     from pipelines.avatar_io import load_avatar, save_avatar
-    from pipelines.splat_io import write_ply, write_splat
+    from pipelines.splat_io import read_ply, write_ply, write_splat
     from renderers import Camera, Gaussians, rasterize
 
 #: Names this module uses that import torch, numba and the renderer (see pipelines.lazy).
@@ -58,8 +59,13 @@ _HEAVY = {
         for name in ("HeadAvatar", "HeadAvatarConfig", "build_head_avatar", "turntable_cameras")
     },
     "HeadModel": "models.head_model:HeadModel",
+    **{
+        name: f"models.transforms:{name}"
+        for name in ("euler_to_matrix", "matrix_to_quaternion", "quaternion_multiply")
+    },
     "load_avatar": "pipelines.avatar_io:load_avatar",
     "save_avatar": "pipelines.avatar_io:save_avatar",
+    "read_ply": "pipelines.splat_io:read_ply",
     "write_ply": "pipelines.splat_io:write_ply",
     "write_splat": "pipelines.splat_io:write_splat",
     **{name: f"renderers:{name}" for name in ("Camera", "Gaussians", "rasterize")},
@@ -71,6 +77,17 @@ CM_PER_METRE = 100.0
 #: Smallest face (inter-ocular distance, photo pixels) the 3D head is built from.
 MIN_INTER_OCULAR_PX = 24.0
 CAMERAS = ("front", "orbit")
+
+# gsplat.js, the splat viewer of Gradio's gr.Model3D (gradio 6's Canvas3DGS), ignores camera_position and
+# always starts from the same orbit camera; the numbers below are its defaults, read from that script.
+#: Orbit angles of its camera, radians: alpha about the y axis, beta above the orbit's plane.
+SPLAT_VIEWER_ORBIT = (0.5, 0.5)
+#: Distance of its camera from the orbit target (the origin), in the file's units.
+SPLAT_VIEWER_RADIUS = 5.0
+#: Focal length of its camera, CSS pixels, the same whatever the canvas's size.
+SPLAT_VIEWER_FOCAL_PX = 1132.0
+#: Height of the app's 3D viewer, CSS pixels (its canvas is this tall, less the block's border).
+VIEWER_HEIGHT = 560
 
 
 @dataclass
@@ -124,6 +141,67 @@ def to_metres(gaussians: Gaussians) -> Gaussians:
     """The same Gaussians with positions and sizes in metres (the .ply/.splat unit)."""
     g = gaussians.to("cpu")
     return Gaussians(g.means / CM_PER_METRE, g.quats, g.scales / CM_PER_METRE, g.opacities, g.colors)
+
+
+def for_splat_viewer(
+    gaussians: Gaussians, height: float = VIEWER_HEIGHT, fill: float = 0.9, framed: float = 0.8
+) -> Gaussians:
+    """A copy of head.ply's Gaussians (metres, y up, face towards +z) that gsplat.js, the splat viewer of
+    Gradio's gr.Model3D, shows face on, upright and filling a viewer `height` CSS pixels tall.
+
+    gsplat.js ignores camera_position. Its camera looks at the origin from `SPLAT_VIEWER_RADIUS` = 5 units
+    away at orbit angles alpha = beta = 0.5 rad, from (5 sin a cos b, -5 sin b, -5 cos a cos b) = (2.10,
+    -2.40, -3.85), with OpenCV's camera axes (x right, y down, z forward: camera-to-world rotation
+    Ry(-alpha) Rx(-beta)) and a 1132 px focal length whatever the canvas's size; its world is y down, like
+    COLMAP's. A standard file shows there 5 m away (a head ~60 px tall), from behind and below, upside down.
+
+    The copy is the head
+    1. centred at that orbit target: the middle of the top `framed` of its height (head, neck and collar;
+       the rest of the shoulder band falls below the viewer) and of that part's width and depth;
+    2. turned by Ry(-alpha) Rx(pi - beta), the camera's rotation after a half turn about its x axis, which
+       takes the head's axes (x right, y up, z out of the face) to the camera's: the face looks straight
+       at the camera, its top up on screen;
+    3. scaled so that, seen in perspective from that camera, the framed part is `fill` of `height` pixels
+       tall and fits in a square of that side (a portrait's head is taller than wide).
+    Bounds are the 0.2-99.8% quantiles of the centres of the Gaussians at least half opaque, so a few stray
+    splats do not shrink the head.
+
+    Centres, quaternions and sizes turn and scale together (one rigid turn, one uniform scale). gsplat.js
+    reads only the DC colour, so SH bands above it, which would have to be turned too, are left out. The
+    viewer orbits about its world's y axis, which is tilted beta (29°) from the head's up: making the two
+    one would show the face from 29° above at first. For that viewer only: downloads stay standard.
+    """
+    bind(globals(), _HEAVY)
+    g = gaussians.to("cpu")
+    if len(g) == 0:
+        return g
+    alpha, beta = SPLAT_VIEWER_ORBIT
+    turn = euler_to_matrix(torch.tensor([math.pi - beta, -alpha, 0.0], dtype=torch.float64))
+    seen = g.opacities >= 0.5
+    centres = (g.means[seen] if seen.any() else g.means).double()
+    y_lo, y_hi = torch.quantile(centres[:, 1], torch.tensor([0.002, 0.998], dtype=torch.float64))
+    bottom = y_hi - framed * (y_hi - y_lo)
+    part = centres[centres[:, 1] >= bottom]  # the framed part: its width and depth, not the shoulders'
+    lo, hi = torch.quantile(part, 0.002, dim=0), torch.quantile(part, 0.998, dim=0)
+    pivot = torch.stack([(lo[0] + hi[0]) / 2, (bottom + y_hi) / 2, (lo[2] + hi[2]) / 2])
+    half_size = max(float(y_hi - bottom), float(hi[0] - lo[0]), 1e-9) / 2
+    nearest = float(hi[2] - pivot[2])  # how much nearer the camera than the target the face's front is
+    # Scaled by s, a point half_size off the view axis and `nearest` before the target is seen
+    # f s half_size / (R - s nearest) pixels off the centre; this s makes that the target half-height.
+    target = fill * height / 2
+    scale = target * SPLAT_VIEWER_RADIUS / (SPLAT_VIEWER_FOCAL_PX * half_size + target * nearest)
+    means = (g.means.double() - pivot) @ turn.T * scale
+    quats = quaternion_multiply(matrix_to_quaternion(turn).expand(len(g), 4), g.quats.double())
+    colors = g.colors if g.colors.ndim == 2 else g.colors[:, :1]
+    return Gaussians(means.float(), quats.float(), g.scales * scale, g.opacities, colors)
+
+
+def write_viewer_ply(ply: str | os.PathLike, height: float = VIEWER_HEIGHT) -> Path:
+    """Write next to a head.ply its copy for gr.Model3D's splat viewer (`for_splat_viewer`), as
+    head_viewer.ply; returns its path. The head.ply itself is left as it is."""
+    bind(globals(), _HEAVY)
+    ply = Path(ply)
+    return write_ply(ply.with_name(f"{ply.stem}_viewer.ply"), for_splat_viewer(read_ply(ply), height))
 
 
 # ------------------------------------------------------------------------------------------------

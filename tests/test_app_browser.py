@@ -1,6 +1,7 @@
 """A real browser (headless Chromium) uses the Talk tab: uploads a portrait and speech, clicks Generate, sees
-the video play and the downloads appear; and the Live tab, with a fake microphone playing a wav. Skips
-without Chromium/chromedriver (CI installs them)."""
+the video play and the downloads appear; the Live tab, with a fake microphone playing a wav; and the
+Avatar3D tab, whose 3D viewer must show the face filling it. Skips without Chromium/chromedriver (CI
+installs them)."""
 
 import os
 import re
@@ -21,6 +22,7 @@ from conftest import app_server  # noqa: E402
 from selenium import webdriver  # noqa: E402 (a test dependency: pyproject's [test] extra)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -151,6 +153,98 @@ def test_browser_live_tab_follows_a_fake_microphone(server, tmp_path, monkeypatc
     assert len(pushed) >= 10 and {rate for rate, _ in pushed} == {48_000}, pushed[:5]
     assert max(rms for _, rms in pushed) > 0.03  # the speech, not silence
     assert not app._LIVE  # Stop ended the session
+
+
+# WebGL clears a canvas once its frame is on screen, so toDataURL reads it blank; keeping the buffer (set
+# before the page's scripts run) changes nothing drawn. The canvas's alpha then tells the head from the
+# background exactly, even where the head is black (the cap).
+_KEEP_WEBGL_BUFFER = """
+const getContext = HTMLCanvasElement.prototype.getContext;
+HTMLCanvasElement.prototype.getContext = function (kind, options) {
+  if (kind === "webgl2" || kind === "webgl") options = {...options, preserveDrawingBuffer: true};
+  return getContext.call(this, kind, options);
+};
+"""
+
+
+def test_browser_avatar3d_viewer_shows_the_face_filling_it(server, browser):
+    from models.face_tracker import FaceTracker
+
+    browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": _KEEP_WEBGL_BUFFER})
+    browser.get(server)
+    wait = WebDriverWait(browser, 60)
+    tabs = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "button[role=tab]"))
+    next(t for t in tabs if t.text.strip() == "Avatar3D").click()
+    panel = wait.until(_panel_with("Build the 3D head"))
+    _set_number(panel, "Gaussians", 10_000)
+    _set_number(panel, "Turntable length (s; 0: none)", 0)
+    _upload(panel, "image", app.DEFAULTS / "portrait.jpg")
+    wait.until(lambda d: panel.find_elements(By.CSS_SELECTOR, "img[src*='portrait']"))
+    _click(panel, "Build the 3D head")
+    WebDriverWait(browser, 240).until(lambda d: "head.splat" in _page_text(d) or _error_text(d))
+    assert not _error_text(browser), _error_text(browser)
+    viewer = _block(browser, "3D head (.ply): drag to turn, scroll to zoom")
+    canvas = WebDriverWait(browser, 30).until(lambda d: viewer.find_elements(By.TAG_NAME, "canvas"))[0]
+    rgba = _settled_canvas(browser, canvas)
+    browser.execute_script("arguments[0].scrollIntoView()", viewer)
+    time.sleep(0.5)
+    if os.environ.get("HEADSPLAT_SCREENSHOT_DIR"):
+        browser.save_screenshot(str(Path(os.environ["HEADSPLAT_SCREENSHOT_DIR"]) / "avatar3d_viewer.png"))
+    height, width = rgba.shape[:2]
+    head = rgba[..., 3] >= 128  # the head's pixels: at least half opaque
+    rows, cols = np.nonzero(head.sum(axis=1) >= 3)[0], np.nonzero(head.sum(axis=0) >= 3)[0]
+    assert rows.size and cols.size, "the viewer shows nothing"
+    extent = (rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1) / head.size
+    report = f"{width}x{height} canvas: head on {head.mean():.1%} of it, its extent {extent:.1%}"
+    # It fills the viewer: as tall as the canvas, at least 40% of the canvas's pixels are the head.
+    assert head.mean() >= 0.40 and extent >= 0.40 and rows.size >= 0.8 * height, report
+    # Nothing cut off but the shoulders: clear top, left and right edges.
+    edge = max(2, height // 50)
+    assert not head[:edge].any() and not head[:, :edge].any() and not head[:, -edge:].any(), report
+    # The face, upright: found by the face detector with its eyes level and above its nose and mouth.
+    shown = (rgba[..., :3].astype(np.float32) * rgba[..., 3:] / 255.0).astype(np.uint8)  # over black
+    faces = FaceTracker().detect(shown)
+    assert faces, f"no face in the viewer ({report})"
+    eyes, nose, mouth = faces[0].keypoints[:2], faces[0].keypoints[2], faces[0].keypoints[3]
+    assert eyes[:, 1].max() < nose[1] < mouth[1], faces[0].keypoints
+    assert abs(eyes[0, 1] - eyes[1, 1]) < 0.2 * abs(eyes[0, 0] - eyes[1, 0]), faces[0].keypoints
+    assert faces[0].width >= 0.25 * height, (faces[0].box, report)
+
+
+def _panel_with(text: str):
+    """A wait condition: the visible tab panel whose text has `text`."""
+
+    def shown(driver):
+        panels = driver.find_elements(By.CSS_SELECTOR, "[role=tabpanel]")
+        return next((p for p in panels if p.is_displayed() and text in p.text), None)
+
+    return shown
+
+
+def _set_number(scope, label: str, value: float) -> None:
+    """Type `value` into the number box of the slider labelled `label`."""
+    box = scope.find_element(By.CSS_SELECTOR, f"input[type=number][aria-label='number input for {label}']")
+    box.clear()
+    box.send_keys(str(value), Keys.TAB)
+
+
+def _settled_canvas(driver, canvas, timeout: float = 120.0) -> np.ndarray:
+    """The canvas's RGBA pixels [H, W, 4] once something is drawn and two reads 0.5 s apart agree."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    last, deadline = None, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        url = driver.execute_script("return arguments[0].toDataURL('image/png')", canvas)
+        rgba = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGBA"))
+        if last is not None and rgba.shape == last.shape and rgba[..., 3].any():
+            if np.abs(rgba.astype(np.int16) - last).mean() < 0.5:
+                return rgba
+        last = rgba.astype(np.int16)
+        time.sleep(0.5)
+    raise AssertionError("the 3D viewer's canvas never settled on a drawn frame")
 
 
 def _live_panel(driver):

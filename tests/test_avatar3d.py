@@ -322,3 +322,46 @@ def test_flags_parse_to_the_config_defaults_and_the_background_is_no_flag():
         output="out", camera="orbit", num_gaussians=20_000, progress=False, still=True
     )
     assert "--background" not in build_parser().format_help()
+
+
+def test_the_splat_viewer_copy_faces_the_viewers_fixed_camera_upright_and_fills_its_height():
+    # gsplat.js (gr.Model3D's splat viewer) looks at the origin from 5 units away at orbit angles
+    # alpha = beta = 0.5 rad with OpenCV camera axes in a y-down world (camera-to-world Ry(-a) Rx(-b)).
+    from pipelines.avatar3d import (
+        SPLAT_VIEWER_FOCAL_PX,
+        SPLAT_VIEWER_ORBIT,
+        SPLAT_VIEWER_RADIUS,
+        for_splat_viewer,
+    )
+    from renderers import Gaussians
+
+    g = torch.Generator().manual_seed(0)
+    dirs = torch.nn.functional.normalize(torch.randn(4000, 3, generator=g), dim=1)
+    means = dirs * torch.tensor([0.08, 0.11, 0.095])  # a head-sized ellipsoid in metres, face towards +z
+    n = len(means)
+    head = Gaussians(means, torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1), torch.full((n, 3), 0.004),
+                     torch.full((n,), 0.9), torch.rand(n, 3, generator=g))  # fmt: skip
+    view = for_splat_viewer(head, height=500, fill=0.9, framed=1.0)
+    a, b = SPLAT_VIEWER_ORBIT
+    centre = SPLAT_VIEWER_RADIUS * torch.tensor(
+        [math.sin(a) * math.cos(b), -math.sin(b), -math.cos(a) * math.cos(b)]
+    )
+    ry = torch.tensor([[math.cos(-a), 0, math.sin(-a)], [0, 1, 0], [-math.sin(-a), 0, math.cos(-a)]])
+    rx = torch.tensor([[1, 0, 0], [0, math.cos(-b), -math.sin(-b)], [0, math.sin(-b), math.cos(-b)]])
+    cam = (view.means.double() - centre.double()) @ (ry @ rx).double()  # world -> camera (rows: points)
+    px = SPLAT_VIEWER_FOCAL_PX * cam[:, :2] / cam[:, 2:]
+    nose, top = means[:, 2].argmax(), means[:, 1].argmax()
+    assert cam[nose, 2] == cam[:, 2].min()  # the face is what is nearest the camera
+    assert px[nose].abs().max() < 20  # ... and in the middle of the view
+    assert px[top, 1] < -150  # the top of the head is at the top of the screen (y down)
+    assert 0.85 * 450 <= float(px[:, 1].max() - px[:, 1].min()) <= 1.05 * 450  # fills 90% of 500 px
+    # Turning the quaternions with the centres: a Gaussian's axes turn as the head does.
+    from models.transforms import quaternion_to_matrix
+
+    turn = quaternion_to_matrix(view.quats[:1].double())[0]
+    offset = view.means[nose].double() - view.means[top].double()
+    assert torch.allclose(
+        turn @ (means[nose] - means[top]).double() * (offset.norm() / (means[nose] - means[top]).norm()),
+        offset,
+        atol=1e-5,
+    )
