@@ -105,15 +105,21 @@ def plain_message(err: BaseException) -> str:
     return _PATH.sub(r"\1", str(err))
 
 
+def refusal(message: str, title: str = "Cannot do that") -> gr.Error:
+    """The gr.Error a user's mistake gets: titled, shown until closed (not hidden after 10 s), and kept out
+    of the server log, where Gradio would otherwise print its traceback (a mistake is not a fault)."""
+    return gr.Error(message, title=title, duration=None, print_exception=False)
+
+
 def user_error(err: HeadsplatError) -> gr.Error:
     """A HeadsplatError as the gr.Error the browser shows."""
-    return gr.Error(plain_message(err), title="Cannot do that")
+    return refusal(plain_message(err))
 
 
 def require_suffix(path: str | None, allowed: tuple[str, ...], what: str) -> None:
     """Refuse a file whose extension is not one of `allowed`, naming the accepted ones."""
     if path and Path(path).suffix.lower() not in allowed:
-        raise gr.Error(
+        raise refusal(
             f"the {what} must be one of {', '.join(allowed)}; got a {Path(path).suffix or 'file without extension'}",
             title="Wrong file type",
         )
@@ -130,7 +136,7 @@ def plain_image_errors(image: gr.Image) -> gr.Image:
         try:
             return preprocess(payload)
         except (PIL.UnidentifiedImageError, OSError, ValueError) as err:
-            raise gr.Error(
+            raise refusal(
                 "the portrait is not an image this app can read: upload a JPEG, PNG or WebP photo",
                 title="Wrong file type",
             ) from err
@@ -149,7 +155,7 @@ def check_inputs(
     from pipelines.drivers import check_drivers
 
     if not portrait:
-        raise gr.Error("upload a portrait photo (or take one with the webcam)", title="No portrait")
+        raise refusal("upload a portrait photo (or take one with the webcam)", title="No portrait")
     require_suffix(portrait, IMAGE_SUFFIXES, "portrait")
     require_suffix(audio, AUDIO_SUFFIXES, "audio")
     require_suffix(motion_file, MOTION_SUFFIXES, "motion file")
@@ -184,7 +190,7 @@ def run_talk(
 
     inputs = check_inputs(portrait, audio, text, motion_file)
     if not (inputs["audio"] or inputs["text"] or inputs["motion"]):
-        raise gr.Error("upload or record some speech, or type a text to say", title="Nothing to say")
+        raise refusal("upload or record some speech, or type a text to say", title="Nothing to say")
     workdir = new_workdir()
     cfg = TalkConfig(
         **inputs,
@@ -243,7 +249,7 @@ def run_live_start(portrait: str | None, size: float, request: gr.Request):
     from pipelines.live import LiveConfig, LiveSession
 
     if not portrait:
-        raise gr.Error("upload a portrait photo (or take one with the webcam)", title="No portrait")
+        raise refusal("upload a portrait photo (or take one with the webcam)", title="No portrait")
     require_suffix(portrait, IMAGE_SUFFIXES, "portrait")
     key = request.session_hash or "local"
     with _LIVE_LOCK:
@@ -251,7 +257,7 @@ def run_live_start(portrait: str | None, size: float, request: gr.Request):
         if old is not None:
             old.close()
         if _LIVE:
-            raise gr.Error("another live session is running; try again when it ends", title="Busy")
+            raise refusal("another live session is running; try again when it ends", title="Busy")
         try:
             session = LiveSession(LiveConfig(image=portrait, size=int(size), idle_after=0.3))
         except HeadsplatError as err:
@@ -361,7 +367,7 @@ def check_model(model: str) -> str:
     model = (model or "").strip()
     if model in TINY_MODELS or (_REPO_ID.match(model) and ".." not in model):
         return model
-    raise gr.Error(
+    raise refusal(
         f"the model must be {' or '.join(TINY_MODELS)} or a Hugging Face id like owner/name",
         title="Unknown model",
     )
@@ -384,10 +390,10 @@ def check_heads(heads: str, heads_file: str | None) -> str:
     if heads_file:
         require_suffix(heads_file, (".json",), "heads file")
         if heads:
-            raise gr.Error("give the heads either as text or as a JSON file, not both", title="Two head sets")
+            raise refusal("give the heads either as text or as a JSON file, not both", title="Two head sets")
         return heads_file
     if not _HEAD_SPEC.match(heads):
-        raise gr.Error("heads are written like 12:3,12:7 or 12:* (layer:head)", title="Bad head list")
+        raise refusal("heads are written like 12:3,12:7 or 12:* (layer:head)", title="Bad head list")
     return heads
 
 
@@ -409,7 +415,7 @@ def run_guide(
     from pipelines.guide import GuideConfig, generate
 
     if not (prompt or "").strip():
-        raise gr.Error("type a prompt", title="No prompt")
+        raise refusal("type a prompt", title="No prompt")
     model = check_model(model)
     spec = check_heads(heads, heads_file)
     try:
@@ -454,15 +460,15 @@ def run_search(
     model = check_model(model)
     prompt_list = [line.strip() for line in (prompts or "").splitlines() if line.strip()]
     if not prompt_list:
-        raise gr.Error("write at least one prompt, one per line", title="No prompts")
+        raise refusal("write at least one prompt, one per line", title="No prompts")
     if objective not in ("sharpness", "colorfulness"):
-        raise gr.Error("the objective must be sharpness or colorfulness", title="Unknown objective")
+        raise refusal("the objective must be sharpness or colorfulness", title="Unknown objective")
     try:
         seed_list = [int(s) for s in (seeds or "0").split(",") if s.strip()]
     except ValueError:
-        raise gr.Error("seeds are whole numbers separated by commas, like 0,1,2", title="Bad seeds") from None
+        raise refusal("seeds are whole numbers separated by commas, like 0,1,2", title="Bad seeds") from None
     if not _HEAD_SPEC.match(pool or ""):
-        raise gr.Error("the candidate pool is a head list like 0:*,1:* (empty: all heads)", title="Bad pool")
+        raise refusal("the candidate pool is a head list like 0:*,1:* (empty: all heads)", title="Bad pool")
     config = SearchConfig(
         prompts=prompt_list,
         seeds=seed_list or [0],

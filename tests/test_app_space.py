@@ -163,3 +163,14 @@ def test_talks_render_size_defaults_to_auto_like_the_command_line(monkeypatch):
     assert app.talk_size_default() == 200
     monkeypatch.setenv("HEADSPLAT_TALK_SIZE", "auto")
     assert app.talk_size_default() == 0
+
+
+def test_user_mistakes_stay_on_screen_and_out_of_the_server_log():
+    from models.errors import HeadsplatError
+
+    err = app.user_error(HeadsplatError("the audio is empty: /srv/uploads/a.wav"))
+    assert err.title == "Cannot do that" and err.duration is None and err.print_exception is False
+    assert "/srv" not in str(err.message) and "a.wav" in str(err.message)
+    with pytest.raises(gr.Error) as raised:
+        app.check_inputs(None, None, "", None)
+    assert raised.value.title == "No portrait" and raised.value.duration is None
