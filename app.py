@@ -439,7 +439,25 @@ def run_guide(
             baseline = generate(GuideConfig(**{**asdict(config), "heads": "", "scale": 0.0}), pipeline)
     except HeadsplatError as err:
         raise user_error(err) from err
-    return guided, baseline
+    from pipelines.guide import TINY_MODELS
+
+    if model not in TINY_MODELS:
+        return guided, baseline, ""
+    return _enlarged(guided), _enlarged(baseline), TINY_CAPTION
+
+
+#: What a tiny model's image is: its weights are random, so it tests the pipeline, not the picture.
+TINY_CAPTION = (
+    "**Random weights: a test of the pipeline, not an image model.** Its 16 px images are shown 16x."
+)
+
+
+def _enlarged(image):
+    """A tiny random model's 16 px image at least 256 px wide, nearest neighbour: its pixels as they are."""
+    if image is None:
+        return None
+    k = max(1, -(-256 // min(image.size)))
+    return image.resize((image.width * k, image.height * k), PIL.Image.NEAREST)
 
 
 @gpu(duration=300)
@@ -682,13 +700,14 @@ def _guide_tab() -> None:
         with gr.Column():
             guided = gr.Image(label="With head guidance", format="png")
             baseline = gr.Image(label="Without head guidance", format="png")
+            caption = gr.Markdown("")
     gr.Examples(
         examples=[["a portrait of an old sailor, oil painting"], ["a red fox in the snow"]], inputs=[prompt]
     )
     go.click(
         run_guide,
         [prompt, model, heads, heads_file, scale, soft, cfg, steps, seed, compare],
-        [guided, baseline],
+        [guided, baseline, caption],
         api_name="guide",
         concurrency_id="guide",
     )

@@ -153,11 +153,15 @@ def test_an_upload_over_the_size_limit_is_refused_with_the_limit_named(server, c
 
 def test_guide_on_tiny_sd3_head_guidance_changes_the_image_and_w0_does_not(client):
     common = dict(model="tiny-sd3", heads_file=None, soft=1.0, cfg=4.0, steps=2, seed=3, compare=True)
-    guided, baseline = client.predict(prompt="a red fox", heads="1:*", scale=3.0, **common, api_name="/guide")
+    guided, baseline, caption = client.predict(
+        prompt="a red fox", heads="1:*", scale=3.0, **common, api_name="/guide"
+    )
+    assert "not an image model" in caption
     guided, baseline = np.asarray(Image.open(guided)), np.asarray(Image.open(baseline))
-    assert guided.shape == baseline.shape == (16, 16, 3)
+    assert guided.shape == baseline.shape == (256, 256, 3)  # the tiny model's 16 px, shown 16x (nearest)
+    assert (guided[::16, ::16] == guided[15::16, 15::16]).all()
     assert np.abs(guided.astype(int) - baseline.astype(int)).max() > 0, "head guidance changed nothing"
-    off, baseline_again = client.predict(
+    off, baseline_again, _ = client.predict(
         prompt="a red fox", heads="1:*", scale=0.0, **common, api_name="/guide"
     )
     np.testing.assert_array_equal(np.asarray(Image.open(off)), baseline)
@@ -189,11 +193,11 @@ def test_head_search_writes_a_heads_json_that_guide_accepts(client):
     scores = state["rounds"][0]["scores"]
     assert len(scores) == 4, "every head of the pool layer was scored"
     assert summary["heads"] == state["heads"]
-    guided, _ = client.predict(
+    guided, _, _ = client.predict(
         prompt="a portrait", model="tiny-sd3", heads="", heads_file=handle_file(heads_json), scale=3.0,
         soft=1.0, cfg=4.0, steps=2, seed=0, compare=False, api_name="/guide",
     )  # fmt: skip
-    assert np.asarray(Image.open(guided)).shape == (16, 16, 3)
+    assert np.asarray(Image.open(guided)).shape == (256, 256, 3)
 
 
 @pytest.mark.parametrize("target", ["/etc/passwd", "README.md", "app.py", str(app.DEFAULTS / "speech.wav")])
