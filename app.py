@@ -558,7 +558,7 @@ def _talk_size_input() -> gr.Dropdown:
 
 
 def _talk_tab() -> None:
-    from models.motion_diffusion import MAX_STEPS
+    from models.controls import MAX_STEPS
     from pipelines.talk import TalkConfig
 
     defaults = TalkConfig()
