@@ -645,7 +645,14 @@ def _avatar3d_tab() -> None:
         with gr.Column():
             portrait = _portrait_input()
             with gr.Row():
-                num_gaussians = gr.Slider(10_000, 200_000, value=50_000, step=5_000, label="Gaussians")
+                num_gaussians = gr.Slider(
+                    10_000,
+                    200_000,
+                    value=50_000,
+                    step=5_000,
+                    label="Skin detail: Gaussians asked for the skin (the head holds 20-30k more for the mouth, "
+                    "neck and edges, and never fewer than ~70k in all)",
+                )
                 size = _size_slider("Video size (px)")
             turntable_seconds = gr.Slider(
                 0, 8, value=defaults.turntable_seconds, step=1, label="Turntable length (s; 0: none)"

@@ -176,7 +176,7 @@ def test_browser_avatar3d_viewer_shows_the_face_filling_it(server, browser):
     tabs = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "button[role=tab]"))
     next(t for t in tabs if t.text.strip() == "Avatar3D").click()
     panel = wait.until(_panel_with("Build the 3D head"))
-    _set_number(panel, "Gaussians", 10_000)
+    _set_number(panel, "Skin detail", 10_000)
     _set_number(panel, "Turntable length (s; 0: none)", 0)
     _upload(panel, "image", app.DEFAULTS / "portrait.jpg")
     wait.until(lambda d: panel.find_elements(By.CSS_SELECTOR, "img[src*='portrait']"))
@@ -222,8 +222,8 @@ def _panel_with(text: str):
 
 
 def _set_number(scope, label: str, value: float) -> None:
-    """Type `value` into the number box of the slider labelled `label`."""
-    box = scope.find_element(By.CSS_SELECTOR, f"input[type=number][aria-label='number input for {label}']")
+    """Type `value` into the number box of the slider whose label starts with `label`."""
+    box = scope.find_element(By.CSS_SELECTOR, f"input[type=number][aria-label^='number input for {label}']")
     box.clear()
     box.send_keys(str(value), Keys.TAB)
 
