@@ -559,7 +559,7 @@ def _talk_size_input() -> gr.Dropdown:
 
 def _talk_tab() -> None:
     from models.controls import MAX_STEPS
-    from pipelines.talk import TalkConfig
+    from pipelines.talk_config import TalkConfig
 
     defaults = TalkConfig()
     gr.Markdown(
@@ -634,7 +634,7 @@ def _live_tab() -> None:
 
 
 def _avatar3d_tab() -> None:
-    from pipelines.avatar3d import CAMERAS, VIEWER_HEIGHT, Avatar3DConfig
+    from pipelines.avatar3d_config import CAMERAS, VIEWER_HEIGHT, Avatar3DConfig
 
     defaults = Avatar3DConfig()
     gr.Markdown(

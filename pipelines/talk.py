@@ -17,7 +17,6 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,18 +24,17 @@ import numpy as np
 
 from models.errors import HeadsplatError
 from models.latent import Motion
-from models.mouth_rest import SILENT_MOUTHS, ease_from_photo
-from pipelines.config_cli import flag
+from models.mouth_rest import ease_from_photo
 from pipelines.device import resolve_device
 from pipelines.drivers import DEFAULT_AUDIO as DEFAULT_AUDIO
 from pipelines.drivers import MAX_TEXT_CHARS as MAX_TEXT_CHARS
-from pipelines.drivers import GeneratorConfig, generator_parser, make_motion, run_generator
+from pipelines.drivers import generator_parser, make_motion, run_generator
 from pipelines.drivers import speak as speak
 from pipelines.drivers import speech_motion as speech_motion
-from pipelines.image_io import DEFAULT_MAX_SIDE
 from pipelines.lazy import bind, bind_unless_main
 from pipelines.portrait import DEFAULT_PORTRAIT as DEFAULT_PORTRAIT
 from pipelines.portrait import fit_portrait, load_portrait
+from pipelines.talk_config import TalkConfig as TalkConfig  # re-exported: the app reads it without torch
 
 if TYPE_CHECKING:  # bound by pipelines.lazy (see _HEAVY)
     from models.gaussian_avatar import PortraitAvatar, PortraitAvatarConfig, build_portrait_avatar
@@ -59,44 +57,6 @@ bind_unless_main(globals(), _HEAVY)
 
 #: Bump when the avatar's contents change, so stale cached avatars are rebuilt.
 AVATAR_VERSION = 5
-
-
-@dataclass
-class TalkConfig(GeneratorConfig):
-    """Everything `talk` needs; its flags, the app's defaults and batch keys are these fields (and the shared
-    ones of `GeneratorConfig`: portrait, driver, motion controls, device)."""
-
-    output: str = field(default="talk.mp4", metadata=flag("-o", "--output"))
-    """Where the mp4 goes (written atomically)."""
-    size: int | None = field(
-        default=None, metadata=flag(default_help="the crop's size in the photo, at most 512")
-    )
-    """Side of the square face crop the avatar is rendered at, pixels (frames are pasted back at the crop's
-    size in the photo, so a bigger render is only downsampled)."""
-    crop: bool = False
-    """Write the square face crop instead of pasting it back into the full photo."""
-    max_side: int = DEFAULT_MAX_SIDE
-    """A photo longer than this (pixels) on either side is downscaled first, so the video is at most this
-    size and any photo takes bounded memory and time."""
-    save_motion: str | None = None
-    """Also write the motion that drove the video (.npz, .json or .csv)."""
-    csv_translation: bool = False
-    """With a .csv motion file: also write headsplat's HeadTranslationX/Y/Z columns (cm) after the 61
-    values Live Link Face writes (importers made for the app's files may expect exactly those)."""
-    cache_dir: str | None = None
-    """Where built avatars are kept (default: $HEADSPLAT_CACHE or ~/.cache/headsplat); '' disables."""
-    silent_mouth: str = field(default="auto", metadata=flag(choices=SILENT_MOUTHS))
-    """How the mouth rests in silence: auto closes a photo's open mouth (parted lips showing more dark mouth
-    than teeth) and keeps a closed or smiling one; photo always keeps the photo's mouth; closed always
-    closes the lips. The video starts on the photo's own face either way."""
-
-    def check(self) -> None:
-        """Refuse bad values before any work: the shared ones, the render size and the photo limit."""
-        super().check()
-        if self.size is not None and not 64 <= self.size <= 2048:
-            raise HeadsplatError(f"size must be between 64 and 2048 pixels; got {self.size}")
-        if not 256 <= self.max_side <= 8192:
-            raise HeadsplatError(f"--max-side must be between 256 and 8192 pixels; got {self.max_side}")
 
 
 # ------------------------------------------------------------------------------------------------
