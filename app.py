@@ -602,7 +602,15 @@ def _talk_tab() -> None:
     )
     inputs = [portrait, audio, text, motion_file, seed, steps, emotion, expression_scale, pose_scale]
     inputs += [blink_rate, still, crop, size, fps]
-    go.click(run_talk, inputs, [live, video, motion], api_name="talk", concurrency_id="talk")
+    # Progress shows once, over the video, not copied into the download boxes too.
+    go.click(
+        run_talk,
+        inputs,
+        [live, video, motion],
+        api_name="talk",
+        concurrency_id="talk",
+        show_progress_on=[live],
+    )
 
 
 def _live_tab() -> None:
@@ -680,7 +688,9 @@ def _avatar3d_tab() -> None:
     inputs = [portrait, num_gaussians, size, turntable_seconds, audio, text, motion_file, camera, emotion]
     inputs += [seed, still]
     outputs = [view, turntable, talking, files]
-    go.click(run_avatar3d, inputs, outputs, api_name="avatar3d", concurrency_id="avatar3d")
+    go.click(
+        run_avatar3d, inputs, outputs, api_name="avatar3d", concurrency_id="avatar3d", show_progress_on=[view]
+    )
 
 
 def _guide_tab() -> None:
@@ -717,6 +727,7 @@ def _guide_tab() -> None:
         [guided, baseline, caption],
         api_name="guide",
         concurrency_id="guide",
+        show_progress_on=[guided],
     )
     with gr.Accordion("Head search (HeadHunter): a long job that writes a heads JSON", open=False):
         with gr.Row():
@@ -742,6 +753,7 @@ def _guide_tab() -> None:
         [heads_json, summary],
         api_name="search",
         concurrency_id="guide",
+        show_progress_on=[summary],
     )
 
 

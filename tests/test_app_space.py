@@ -174,3 +174,13 @@ def test_user_mistakes_stay_on_screen_and_out_of_the_server_log():
     with pytest.raises(gr.Error) as raised:
         app.check_inputs(None, None, "", None)
     assert raised.value.title == "No portrait" and raised.value.duration is None
+
+
+def test_progress_shows_once_per_job_not_in_every_output_box():
+    config = app.build_demo().get_config_file()
+    jobs = {
+        d["api_name"]: d for d in config["dependencies"] if d.get("api_name") in ("talk", "avatar3d", "guide")
+    }
+    assert set(jobs) == {"talk", "avatar3d", "guide"}
+    for dep in jobs.values():
+        assert dep["show_progress_on"] == dep["outputs"][:1], dep["api_name"]
