@@ -52,8 +52,7 @@ if TYPE_CHECKING:
     from models.mouth_rest import ease_from_photo
     from models.visemes import GlanceStream, apply_gaze
     from pipelines.audio_to_motion import AudioToMotion
-    from pipelines.talk import TalkConfig, prepare_avatar
-    from renderers.compositing import FramePaster, paste_weight
+    from pipelines.talk import TalkConfig, frame_paster, prepare_avatar
 
 #: Names that import torch, numba and the renderer (see pipelines.lazy): `--help` answers at once.
 _HEAVY = {
@@ -63,9 +62,8 @@ _HEAVY = {
     "apply_gaze": "models.visemes:apply_gaze",
     "AudioToMotion": "pipelines.audio_to_motion:AudioToMotion",
     "TalkConfig": "pipelines.talk:TalkConfig",
+    "frame_paster": "pipelines.talk:frame_paster",
     "prepare_avatar": "pipelines.talk:prepare_avatar",
-    "FramePaster": "renderers.compositing:FramePaster",
-    "paste_weight": "renderers.compositing:paste_weight",
 }
 bind_unless_main(globals(), _HEAVY)
 
@@ -219,13 +217,7 @@ class LiveSession:
         self.model = model or AudioToMotion.from_pretrained(config.weights)
         self.stats = LiveStats()
         self._clock = clock
-        self._paster = None
-        if not config.crop:
-            box = avatar.crop_box
-            feather = max(4.0, 0.02 * (box[2] - box[0]))
-            weight = paste_weight(avatar.moving_mask, (photo.shape[1], photo.shape[0]), box, feather)
-            size = avatar.background.shape[1], avatar.background.shape[0]
-            self._paster = FramePaster(photo, size, box, weight)
+        self._paster = None if config.crop else frame_paster(photo, avatar)
         self._offset = avatar.photo_offset().cpu().numpy()
         self._motions: list[Motion] = []
         # The model's eyes barely move (less still in silence): seeded glances keep an idle face alive.

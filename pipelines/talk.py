@@ -104,6 +104,14 @@ def prepare_avatar(cfg: TalkConfig, head: HeadModel | None = None) -> tuple[np.n
 
 # ------------------------------------------------------------------------------------------------
 # Motion → frames
+def frame_paster(photo: np.ndarray, avatar: PortraitAvatar) -> FramePaster:
+    """What puts `avatar`'s rendered crops back into `photo`: its moving mask, feathered, at its crop box."""
+    feather = max(4.0, 0.02 * (avatar.crop_box[2] - avatar.crop_box[0]))
+    weight = paste_weight(avatar.moving_mask, (photo.shape[1], photo.shape[0]), avatar.crop_box, feather)
+    size = avatar.background.shape[1], avatar.background.shape[0]
+    return FramePaster(photo, size, avatar.crop_box, weight)
+
+
 def render_frames(
     photo: np.ndarray, avatar: PortraitAvatar, motion: Motion, crop: bool = False, backend: str = "auto"
 ) -> Iterator[np.ndarray]:
@@ -125,10 +133,7 @@ def render_frames(
             rgb = avatar.render_motion(motion, i, backend=backend)
             yield np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
         return
-    feather = max(4.0, 0.02 * (avatar.crop_box[2] - avatar.crop_box[0]))
-    weight = paste_weight(avatar.moving_mask, (photo.shape[1], photo.shape[0]), avatar.crop_box, feather)
-    size = avatar.background.shape[1], avatar.background.shape[0]
-    paster = FramePaster(photo, size, avatar.crop_box, weight)  # the mask and box stay put: set up once
+    paster = frame_paster(photo, avatar)  # the mask and box stay put: set up once
     for i in range(motion.num_frames):
         rgb, alpha = avatar.render_motion(motion, i, backend=backend, layers=True)
         yield paster(rgb, alpha, avatar.background)
