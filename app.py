@@ -515,7 +515,7 @@ def run_search(
 # do; only the render sizes and the Gaussian count start lower, for a web server's CPU.
 def _portrait_input() -> gr.Image:
     return plain_image_errors(
-        gr.Image(label="Portrait", type="filepath", sources=["upload", "webcam", "clipboard"], height=300)
+        gr.Image(label="Portrait", type="filepath", sources=["upload", "webcam", "clipboard"], height=240)
     )
 
 
@@ -570,6 +570,7 @@ def _talk_tab() -> None:
         with gr.Column():
             portrait = _portrait_input()
             audio, text = _speech_inputs()
+            go = gr.Button("Generate", variant="primary")  # in view at 1400x1100, above the controls
             with gr.Accordion("Controls", open=False):
                 with gr.Row():
                     emotion = gr.Dropdown(list(EMOTIONS), value=defaults.emotion, label="Emotion")
@@ -590,7 +591,6 @@ def _talk_tab() -> None:
                 )
                 fps = gr.Slider(10, 30, value=defaults.fps, step=1, label="Frames per second")
                 motion_file = _motion_file_input()
-            go = gr.Button("Generate", variant="primary")
         with gr.Column():
             live = gr.Video(label="Talking head", streaming=True, autoplay=True, interactive=False)
             video = gr.File(label="Video (mp4)", interactive=False)
@@ -703,6 +703,7 @@ def _guide_tab() -> None:
         with gr.Column():
             prompt = gr.Textbox(label="Prompt", value="a portrait of an old sailor", lines=2)
             model = gr.Dropdown(list(GUIDE_MODELS), value="tiny-sd3", allow_custom_value=True, label="Model")
+            go = gr.Button("Generate", variant="primary")  # in view at 1400x1100, above the head settings
             heads = gr.Textbox(label="Heads to perturb (layer:head, e.g. 1:0,1:2 or 1:*)", value="1:*")
             heads_file = gr.File(label="…or a heads JSON from the search", file_types=[".json"])
             with gr.Row():
@@ -713,7 +714,6 @@ def _guide_tab() -> None:
                 steps = gr.Slider(1, 50, value=4, step=1, label="Steps")
                 seed = gr.Number(value=0, precision=0, label="Seed")
             compare = gr.Checkbox(value=True, label="Also show the same seed without head guidance")
-            go = gr.Button("Generate", variant="primary")
         with gr.Column():
             guided = gr.Image(label="With head guidance", format="png")
             baseline = gr.Image(label="Without head guidance", format="png")

@@ -293,3 +293,32 @@ def _video_has_frames(driver) -> bool:
             "const v = document.querySelector('video'); return v && v.readyState >= 2 && v.videoWidth > 0;"
         )
     )
+
+
+def test_each_tabs_main_button_is_in_view_at_1400x1100(server, browser):
+    # A person sees the button that runs the tab without scrolling, on a common laptop window.
+    browser.set_window_size(1400, 1100)
+    browser.get(server)
+    wait = WebDriverWait(browser, 60)
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "button[role=tab]")))
+    for tab, label in (
+        ("Talk", "Generate"),
+        ("Live", "Start"),
+        ("Avatar3D", "Build the 3D head"),
+        ("Guide", "Generate"),
+    ):
+        next(
+            b for b in browser.find_elements(By.CSS_SELECTOR, "button[role=tab]") if b.text.strip() == tab
+        ).click()
+        button = wait.until(
+            lambda d, label=label: next(
+                (
+                    b
+                    for b in d.find_elements(By.TAG_NAME, "button")
+                    if b.is_displayed() and b.text.strip() == label
+                ),
+                None,
+            )
+        )
+        bottom = button.rect["y"] + button.rect["height"]
+        assert bottom <= browser.execute_script("return window.innerHeight"), (tab, bottom)
