@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from models.mouth_rest import ease_from_photo
     from models.visemes import GlanceStream, apply_gaze
     from pipelines.audio_to_motion import AudioToMotion
-    from pipelines.talk import TalkConfig, frame_paster, prepare_avatar
+    from pipelines.talk import TalkConfig, draw_frame, frame_paster, prepare_avatar
 
 #: Names that import torch, numba and the renderer (see pipelines.lazy): `--help` answers at once.
 _HEAVY = {
@@ -62,6 +62,7 @@ _HEAVY = {
     "apply_gaze": "models.visemes:apply_gaze",
     "AudioToMotion": "pipelines.audio_to_motion:AudioToMotion",
     "TalkConfig": "pipelines.talk:TalkConfig",
+    "draw_frame": "pipelines.talk:draw_frame",
     "frame_paster": "pipelines.talk:frame_paster",
     "prepare_avatar": "pipelines.talk:prepare_avatar",
 }
@@ -392,6 +393,8 @@ class LiveSession:
             self._error = err
 
     def _render_chunk(self, motion: Motion, first: int) -> None:
+        if self._abort:  # close(flush=False): the frames the model still flushes are not drawn
+            return
         cfg = self.config
         expression = motion.expression.copy()
         if self._glances is not None:
@@ -406,21 +409,17 @@ class LiveSession:
         for j in range(motion.num_frames):
             index = first + j
             arrival = self._arrival_of(int(index * SAMPLE_RATE / motion.fps))
-            late = cfg.max_latency > 0 and self._clock() - arrival > cfg.max_latency
+            behind = self._clock() - arrival
+            late = cfg.max_latency > 0 and behind > cfg.max_latency
             # Far behind (the CPU is shared), even a chunk's newest frame is skipped, up to three chunks in
             # a row: the model alone is cheap, so the session catches up instead of lagging more and more.
-            hopeless = late and self._clock() - arrival > 2 * cfg.max_latency and self._skipped < 3
+            hopeless = late and behind > 2 * cfg.max_latency and self._skipped < 3
             if late and (j < last or hopeless):
                 self.stats.dropped_late += 1  # behind: draw this chunk's newest frame instead (or none)
                 self._skipped += j == last
                 continue
             self._skipped = 0
-            if self._paster is None:
-                rgb = self.avatar.render_motion(motion, j)
-                image = np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
-            else:
-                rgb, alpha = self.avatar.render_motion(motion, j, layers=True)
-                image = self._paster(rgb, alpha, self.avatar.background)
+            image = draw_frame(self.avatar, motion, j, self._paster)
             latency = self._clock() - arrival
             frame = LiveFrame(index, index / motion.fps, image, latency)
             self.stats.frames += 1

@@ -128,15 +128,20 @@ def render_frames(
             motion.translation,
             motion.fps,
         )
-    if crop:
-        for i in range(motion.num_frames):
-            rgb = avatar.render_motion(motion, i, backend=backend)
-            yield np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
-        return
-    paster = frame_paster(photo, avatar)  # the mask and box stay put: set up once
+    paster = None if crop else frame_paster(photo, avatar)  # the mask and box stay put: set up once
     for i in range(motion.num_frames):
-        rgb, alpha = avatar.render_motion(motion, i, backend=backend, layers=True)
-        yield paster(rgb, alpha, avatar.background)
+        yield draw_frame(avatar, motion, i, paster, backend)
+
+
+def draw_frame(
+    avatar: PortraitAvatar, motion: Motion, i: int, paster: FramePaster | None, backend: str = "auto"
+) -> np.ndarray:
+    """Frame `i` of `motion` as RGB uint8: pasted back into the photo by `paster`, or the crop when None."""
+    if paster is None:
+        rgb = avatar.render_motion(motion, i, backend=backend)
+        return np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
+    rgb, alpha = avatar.render_motion(motion, i, backend=backend, layers=True)
+    return paster(rgb, alpha, avatar.background)
 
 
 def check_config(cfg: TalkConfig) -> Path:
